@@ -1,0 +1,99 @@
+"""Figures for `Results`, in the paper's style: bars with 95% bootstrap CI error bars and a dashed chance line.
+
+The bars and error bars are drawn from `Results.summary()` / `by_panel()` (scipy's 10,000-resample bootstrap), so
+a figure shows exactly the numbers of its table."""
+from __future__ import annotations
+
+import numpy as np
+
+CHANCE = 1 / 6
+ORDER = ("unsteered", "top", "random", "all")
+NAMES = {"unsteered": "unsteered", "top": "top-K gaze heads", "random": "random heads (size-matched)",
+         "all": "all heads"}
+
+
+def _label(r):
+    k = r.get("k")
+    base = NAMES.get(r["condition"], r["condition"])
+    return base.replace("top-K", f"top-{int(k)}").replace("random heads", f"{int(k)} random heads") \
+        if k is not None and k == k else base
+
+
+def plot_results(res, ax=None, by: str = "condition"):
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="notebook")
+    metric_name = "mentions the boxed object" if res.metric == "mentioned" else "answers describing the target panel"
+    chance = CHANCE if res.metric == "hit" else None
+    if res.protocol == "k_sweep" and by == "condition":
+        return _plot_sweep(res, ax, chance)
+    if by == "panel":
+        s = res.by_panel()
+        conds = [c for c in ORDER if c in set(s["condition"])] + \
+                [c for c in s["condition"].unique() if c not in ORDER]
+        if ax is None:
+            _, ax = plt.subplots(figsize=(8, 3.6))
+        pal = sns.color_palette("deep", len(conds))
+        width = 0.8 / len(conds)
+        for j, c in enumerate(conds):
+            g = s[s["condition"] == c].sort_values("target")
+            x = g["target"].to_numpy(dtype=float) + (j - (len(conds) - 1) / 2) * width
+            y = g["accuracy"].to_numpy()
+            err = np.vstack([y - g["ci_low"].to_numpy(), g["ci_high"].to_numpy() - y])
+            ax.bar(x, y, width=width, color=pal[j], label=NAMES.get(c, c))
+            ax.errorbar(x, y, yerr=err, fmt="none", ecolor="black", capsize=2, lw=1)
+        ax.set_xticks(range(1, 7))
+        ax.set_xlabel("target panel")
+        ax.legend(frameon=False, fontsize=8)
+    else:
+        s = res.summary()
+        s = s.assign(_o=[ORDER.index(c) if c in ORDER else 99 for c in s["condition"]]).sort_values(["_o", "k"])
+        if ax is None:
+            _, ax = plt.subplots(figsize=(1.3 * len(s) + 2, 3.6))
+        labels = [_label(r) for _, r in s.iterrows()]
+        y = s["accuracy"].to_numpy()
+        err = np.vstack([y - s["ci_low"].to_numpy(), s["ci_high"].to_numpy() - y])
+        x = np.arange(len(s))
+        ax.bar(x, y, color=sns.color_palette("deep", len(s)), width=0.65)
+        ax.errorbar(x, y, yerr=err, fmt="none", ecolor="black", capsize=4, lw=1.2)
+        for xi, yi in zip(x, y):
+            ax.text(xi, yi + 0.02, f"{100 * yi:.1f}%", ha="center", va="bottom", fontsize=9)
+        ax.set_xticks(x, labels, rotation=15, ha="right")
+    if chance is not None:
+        ax.axhline(chance, ls="--", color="gray", lw=1)
+        ax.text(ax.get_xlim()[1], chance, " chance (1/6)", va="center", ha="left", fontsize=8, color="gray")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel(metric_name)
+    ax.set_title(f"{res.protocol}: {res.config.get('model', '')}", fontsize=10)
+    sns.despine(ax=ax)
+    return ax
+
+
+def _plot_sweep(res, ax, chance):
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    s = res.summary()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.6))
+    pal = sns.color_palette("deep", 4)
+    for j, c in enumerate(("top", "random")):
+        g = s[s["condition"] == c].sort_values("k")
+        if g.empty:
+            continue
+        ax.plot(g["k"], g["accuracy"], "o-", color=pal[j], label=NAMES[c])
+        ax.fill_between(g["k"].astype(float), g["ci_low"], g["ci_high"], color=pal[j], alpha=0.2)
+    u = s[s["condition"] == "unsteered"]
+    if len(u):
+        ax.axhline(float(u["accuracy"].iloc[0]), color=pal[2], lw=1.2, label="unsteered")
+    if chance is not None:
+        ax.axhline(chance, ls="--", color="gray", lw=1, label="chance (1/6)")
+    ax.set_xscale("log")
+    ax.set_xlabel("number of steered heads K")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("answers describing the target panel")
+    ax.set_title(f"k_sweep: {res.config.get('model', '')}", fontsize=10)
+    ax.legend(frameon=False, fontsize=8)
+    sns.despine(ax=ax)
+    return ax
