@@ -1,0 +1,16 @@
+"""gazekit — find and steer the gaze heads of vision-language models (Gandikota & Bau 2026).
+
+The pipeline, one verb per stage: `load` → `capture` → `discover` → `steer` / `track` → `gazekit.evaluate`.
+"""
+from gazekit.capture import capture
+from gazekit.discover import GazeScores, discover
+from gazekit.models import VLM, Prepared, UnsupportedModelError, load, supported_families
+from gazekit.regions import (NARRATION_PROMPT, PANEL_BY_PANEL_PROMPT, VQA_QUESTION, Scene, Strip, panel_question)
+from gazekit.steer import MODES, Head, SteerSpec, steer
+from gazekit.track import Trajectory, track
+
+__version__ = "0.1.0"
+
+__all__ = ["GazeScores", "Head", "MODES", "NARRATION_PROMPT", "PANEL_BY_PANEL_PROMPT", "Prepared", "Scene",
+           "SteerSpec", "Strip", "Trajectory", "UnsupportedModelError", "VLM", "VQA_QUESTION", "capture", "discover",
+           "load", "panel_question", "steer", "supported_families", "track"]

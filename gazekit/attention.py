@@ -1,0 +1,217 @@
+"""The one mechanism behind capture, steering and tracking: a custom attention function.
+
+While any gazekit intervention is active on a VLM, its *language model* runs `gazekit_sdpa` (or `gazekit_eager`
+when the model was loaded with eager attention), registered with transformers' `AttentionInterface`. For each
+layer that function
+
+* adds the active steering bias to the selected heads' pre-softmax logits (through the attention mask), and
+* records the last query row's attention over the image regions (cheap: O(heads x keys) per layer),
+
+then calls the stock sdpa/eager function, so unselected heads compute exactly what they did before.
+A forward pre-hook on the model counts decode steps (0 = the forward that produces the first generated token).
+
+Everything is installed when the first intervention opens and removed when the last one closes — also when an
+exception escapes — restoring the previous attention implementation; a test checks the model is bit-for-bit as
+before.
+
+Precision (a deliberate choice): the bias is shifted per query row so that the largest bias a row can see is 0
+(softmax is invariant to a per-row constant). Boosted target keys therefore keep their exact logits in any dtype
+(in bf16 a +1e4 offset would round the within-target differences away: spacing 64), while suppressed keys get
+-strength or -2*strength and vanish. In exact arithmetic this equals the paper's +B/-B recipe.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+from typing import Callable, Optional
+
+import torch
+
+_SESSIONS: dict[int, "Session"] = {}  # id(attention module) -> session of the VLM that owns it
+_LOCK = threading.RLock()
+_REGISTERED = False
+
+
+def _register():
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
+
+    AttentionInterface.register("gazekit_sdpa", _gazekit_sdpa)
+    AttentionInterface.register("gazekit_eager", _gazekit_eager)
+    AttentionMaskInterface.register("gazekit_sdpa", sdpa_mask)
+    AttentionMaskInterface.register("gazekit_eager", eager_mask)
+    _REGISTERED = True
+
+
+def _stock_sdpa():
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    return sdpa_attention_forward
+
+
+def _stock_eager(module):
+    mod = sys.modules[type(module).__module__]
+    fn = getattr(mod, "eager_attention_forward", None)
+    if fn is None:
+        raise RuntimeError(f"{type(module).__module__} has no eager_attention_forward; use sdpa for this model")
+    return fn
+
+
+def _gazekit_sdpa(module, query, key, value, attention_mask, **kwargs):
+    return _forward(_stock_sdpa(), module, query, key, value, attention_mask, **kwargs)
+
+
+def _gazekit_eager(module, query, key, value, attention_mask, **kwargs):
+    return _forward(_stock_eager(module), module, query, key, value, attention_mask, **kwargs)
+
+
+def _additive_mask(attention_mask, B, Q, K, dtype, device) -> torch.Tensor:
+    """Any mask form transformers hands us (None = causal, bool, additive float) as an additive float mask."""
+    neg = torch.finfo(dtype).min
+    if attention_mask is None:
+        if Q == 1:
+            return torch.zeros(B, 1, Q, K, dtype=dtype, device=device)
+        keep = torch.ones(Q, K, dtype=torch.bool, device=device).tril(K - Q)
+        m = torch.zeros(Q, K, dtype=dtype, device=device).masked_fill(~keep, neg)
+        return m[None, None].expand(B, 1, Q, K)
+    m = attention_mask[..., :K]
+    if m.dtype == torch.bool:
+        m = torch.zeros(m.shape, dtype=dtype, device=device).masked_fill(~m, neg)
+    else:
+        m = m.to(dtype)
+    return m.expand(B, m.shape[1], Q, K)
+
+
+def _forward(stock: Callable, module, query, key, value, attention_mask, **kwargs):
+    session = _SESSIONS.get(id(module))
+    if session is None:  # another model that happens to use the same implementation name
+        return stock(module, query, key, value, attention_mask, **kwargs)
+    layer = session.layer_of[id(module)]
+    B, Hq, Q, _ = query.shape
+    K = key.shape[-2]
+    bias = session.bias(layer, B, Hq, Q, K, query.device)  # [B, Hq, Q, K] float32 or None
+    if bias is not None:
+        add = _additive_mask(attention_mask, B, Q, K, torch.float32, query.device)
+        full = (add + bias).clamp_min(torch.finfo(query.dtype).min).to(query.dtype)
+        attention_mask = full
+        kwargs.pop("is_causal", None)
+    if session.recording:
+        _record_last_row(session, layer, module, query, key, value, attention_mask, kwargs.get("scaling"))
+    return stock(module, query, key, value, attention_mask, **kwargs)
+
+
+def _record_last_row(session, layer, module, query, key, value, attention_mask, scaling):
+    B, Hq, Q, D = query.shape
+    K = key.shape[-2]
+    rep = Hq // key.shape[1]
+    k = key.repeat_interleave(rep, dim=1) if rep > 1 else key
+    if scaling is None:
+        scaling = getattr(module, "scaling", D ** -0.5)
+    q_last = query[:, :, -1:, :].float()
+    logits = torch.matmul(q_last, k.float().transpose(-1, -2)) * scaling  # [B, Hq, 1, K]
+    add = _additive_mask(attention_mask, B, Q, K, torch.float32, query.device)[:, :, -1:, :]
+    probs = torch.softmax(logits + add, dim=-1)[:, :, 0, :]  # [B, Hq, K]
+    vnorm = None
+    if session.want_value_norms:
+        v = value.repeat_interleave(rep, dim=1) if rep > 1 else value
+        vnorm = v.float().norm(dim=-1)  # [B, Hq, K]
+    session.record(layer, probs, vnorm, K)
+
+
+class Session:
+    """Per-VLM state while interventions are active. Created and closed by `gazekit.models.vlm.VLM._intervene`."""
+
+    def __init__(self, vlm):
+        self.vlm = vlm
+        modules = vlm.adapter.attention_modules()
+        self.layer_of = {id(m): i for i, m in enumerate(modules)}
+        self.steerers: list = []
+        self.recorders: list = []
+        self.step = 0
+        self.prompt_len = 0
+        self.total_len = 0
+        self.generated: list[int] = []
+        self._hook = None
+        self._previous_impl = None
+
+    # -- lifecycle -----------------------------------------------------------------------------------------------
+    def install(self):
+        _register()
+        model = self.vlm.model
+        text_cfg = model.config.get_text_config()
+        self._previous_impl = getattr(text_cfg, "_attn_implementation", None) or "sdpa"
+        name = "gazekit_eager" if self._previous_impl == "eager" else "gazekit_sdpa"
+        with _LOCK:
+            for mid in self.layer_of:
+                _SESSIONS[mid] = self
+        try:
+            self._set_impl(name)
+            self._hook = model.register_forward_pre_hook(self._pre_forward, with_kwargs=True)
+        except BaseException:
+            self.uninstall()
+            raise
+
+    def uninstall(self):
+        try:
+            if self._hook is not None:
+                self._hook.remove()
+                self._hook = None
+            if self._previous_impl is not None:
+                self._set_impl(self._previous_impl)
+        finally:
+            with _LOCK:
+                for mid in self.layer_of:
+                    if _SESSIONS.get(mid) is self:
+                        del _SESSIONS[mid]
+
+    def _set_impl(self, name):
+        model = self.vlm.model
+        text_cfg = model.config.get_text_config()
+        if text_cfg is model.config:
+            model.set_attn_implementation(name)
+        else:
+            model.set_attn_implementation({"text_config": name})
+
+    # -- step bookkeeping (forward pre-hook on the whole model) --------------------------------------------------
+    def _pre_forward(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        embeds = kwargs.get("inputs_embeds")
+        n_new = ids.shape[1] if ids is not None else embeds.shape[1]
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))  # renamed "cache" in transformers 5.2x
+        past = int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
+        if past == 0:
+            self.prompt_len = n_new
+            self.generated = []
+        elif ids is not None and n_new == 1:
+            self.generated.append(int(ids[0, -1]))
+        self.total_len = past + n_new
+        self.step = self.total_len - self.prompt_len
+        for s in self.steerers:
+            s.on_step(self)
+        for r in self.recorders:
+            r.on_step(self)
+        return None
+
+    # -- what the attention function asks ------------------------------------------------------------------------
+    @property
+    def recording(self) -> bool:
+        return bool(self.recorders)
+
+    @property
+    def want_value_norms(self) -> bool:
+        return any(r.value_norms for r in self.recorders)
+
+    def record(self, layer, probs, vnorm, K):
+        for r in self.recorders:
+            r.record(self, layer, probs, vnorm, K)
+
+    def bias(self, layer, B, Hq, Q, K, device) -> Optional[torch.Tensor]:
+        total = None
+        for s in self.steerers:
+            b = s.bias(self, layer, B, Hq, Q, K, device)
+            if b is not None:
+                total = b if total is None else total + b
+        return total

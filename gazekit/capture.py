@@ -1,0 +1,87 @@
+"""Capture: each head's last-prompt-token attention mass over image regions, without `output_attentions`.
+
+The attention function computes softmax(q_last . K^T * scale + mask [+ steering bias]) for the last query row only
+(O(heads x keys) per layer), sums it over each region's tokens and moves [heads, regions] to the CPU. Raw mass, not
+renormalised: a head that looks at text has small numbers everywhere.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+
+
+class _RegionRecorder:
+    """Records, per forward step, every layer's last-row attention summed over regions: [L, B, H, R]."""
+
+    def __init__(self, vlm, regions_of, value_norms: bool = False, steps: Optional[set] = None):
+        self.vlm = vlm
+        self.regions_of = regions_of  # callable(session) -> list[LongTensor] of absolute positions
+        self.value_norms = value_norms
+        self.steps = steps
+        self.raw: dict[int, dict[int, torch.Tensor]] = {}  # step -> layer -> [B, H, R]
+        self.weighted: dict[int, dict[int, torch.Tensor]] = {}
+        self._step = 0
+        self._regions = None
+
+    def on_step(self, session):
+        self._step = session.step
+        self._regions = self.regions_of(session)
+
+    def record(self, session, layer, probs, vnorm, K):
+        if self.steps is not None and self._step not in self.steps:
+            return
+        offset = session.total_len - K  # keys are right-aligned
+        raw = self._reduce(probs, offset, K)
+        self.raw.setdefault(self._step, {})[layer] = raw
+        if vnorm is not None:
+            w = probs * vnorm
+            w = w / w.sum(-1, keepdim=True).clamp_min(1e-30)
+            self.weighted.setdefault(self._step, {})[layer] = self._reduce(w, offset, K)
+
+    def _reduce(self, probs, offset, K):
+        cols = []
+        for pos in self._regions:
+            idx = pos.to(probs.device) - offset
+            idx = idx[(idx >= 0) & (idx < K)]
+            cols.append(probs[..., idx].sum(-1))
+        return torch.stack(cols, dim=-1).detach().to("cpu", torch.float64)  # [B, H, R]
+
+    def stacked(self, step: int, weighted: bool = False) -> np.ndarray:
+        src = (self.weighted if weighted else self.raw).get(step)
+        if src is None or len(src) != self.vlm.n_layers:
+            raise RuntimeError(f"no attention recorded at step {step}: did the forward run inside the context?")
+        return torch.stack([src[l] for l in range(self.vlm.n_layers)]).numpy()  # [L, B, H, R]
+
+
+def _prepared_regions(vlm):
+    def regions(session):
+        if vlm._current is None:
+            raise RuntimeError("no prepared input")
+        return vlm._current.regions
+
+    return regions
+
+
+@torch.no_grad()
+def capture(vlm, image, prompt: str) -> np.ndarray:
+    """Last-prompt-token attention mass per region: array [n_layers, n_heads, n_regions] (float64).
+
+    Works inside `steer(...)` too, showing what the steered heads do. Regions follow `vlm.prepare(image, prompt)
+    .regions` (panels left to right for a Strip)."""
+    prep = vlm.prepare(image, prompt)
+    rec = _RegionRecorder(vlm, _prepared_regions(vlm), steps={0})
+    with vlm._intervene(rec, "record"):
+        vlm.model(**prep, use_cache=False)
+    return rec.stacked(0)[:, 0]
+
+
+@torch.no_grad()
+def capture_prepared(vlm, prepared) -> np.ndarray:
+    """Like `capture` for an already prepared (possibly batched) input: [n_layers, batch, n_heads, n_regions]."""
+    vlm._current = prepared
+    rec = _RegionRecorder(vlm, _prepared_regions(vlm), steps={0})
+    with vlm._intervene(rec, "record"):
+        vlm.model(**prepared, use_cache=False)
+    return rec.stacked(0)

@@ -1,0 +1,241 @@
+"""Discovery: the gaze score of every head, from the six panel questions on comic strips.
+
+For each strip and each queried panel k, the last prompt token's attention of every head is summed over each
+panel's image tokens → a 6x6 matrix per head (queried x attended), averaged over strips. A head's gaze score is the
+mean of that matrix's diagonal.
+
+Fast path: the six questions share the whole image prefix; it is encoded once and the six suffixes run on copies of
+its KV cache (suffixes of equal token length batched). Only last rows are read. A test checks it equals the naive
+path (six full forwards).
+"""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from gazekit.capture import _RegionRecorder, capture_prepared
+from gazekit.regions import N_PANELS, Strip, panel_question
+from gazekit.steer import Head
+
+
+@dataclass
+class ControlHeads(list):
+    """Random control heads; `.percentile_used` says how wide the bottom-of-ranking pool had to be."""
+
+    percentile_used: float = 5.0
+    pool_size: int = 0
+
+    def __init__(self, heads, percentile_used, pool_size):
+        super().__init__(heads)
+        self.percentile_used = percentile_used
+        self.pool_size = pool_size
+
+
+@dataclass
+class GazeScores:
+    """Gaze scores of every head. `matrix` [L, H, 6, 6] (queried panel x attended panel, 0-based axes),
+    `scores` [L, H] (mean diagonal)."""
+
+    matrix: Optional[np.ndarray]
+    scores: np.ndarray
+    model_name: str = ""
+    n_strips: int = 0
+    meta: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_matrix(cls, matrix: np.ndarray, **kw) -> "GazeScores":
+        scores = np.einsum("lhkk->lh", matrix) / matrix.shape[-1]
+        return cls(matrix=matrix, scores=scores, **kw)
+
+    @property
+    def n_layers(self) -> int:
+        return self.scores.shape[0]
+
+    @property
+    def n_heads(self) -> int:
+        return self.scores.shape[1]
+
+    def ranking(self) -> list[Head]:
+        """All heads, best first (ties broken by layer, then head)."""
+        L, H = self.scores.shape
+        flat = self.scores.ravel()
+        order = sorted(range(flat.size), key=lambda i: (-flat[i], i))
+        return [Head(i // H, i % H) for i in order]
+
+    def top(self, k: int) -> list[Head]:
+        """The k heads with the highest gaze score."""
+        total = self.scores.size
+        if not 1 <= k <= total:
+            raise ValueError(f"k must be 1..{total} (this model has {total} heads), got {k}")
+        return self.ranking()[:k]
+
+    def controls(self, k: int, percentile: float = 5, seed: int = 0) -> ControlHeads:
+        """k random heads from the bottom `percentile` of scores, excluding the top k. Where that pool holds fewer
+        than k heads it widens to the smallest percentile that does; `.percentile_used` records it."""
+        total = self.scores.size
+        if not 1 <= k <= total // 2:
+            raise ValueError(f"k must be 1..{total // 2} for size-matched controls on {total} heads, got {k}")
+        ranking = self.ranking()
+        exclude = set(ranking[:k])
+        bottom_first = [h for h in reversed(ranking) if h not in exclude]
+        n_pool = max(int(np.floor(total * percentile / 100.0)), 0)
+        used = float(percentile)
+        if n_pool < k:
+            n_pool = k
+            used = float(np.ceil(100.0 * k / total * 100) / 100)
+        pool = bottom_first[:n_pool]
+        rng = np.random.default_rng(seed)
+        pick = rng.choice(len(pool), size=k, replace=False)
+        return ControlHeads([pool[i] for i in sorted(pick)], used, len(pool))
+
+    # -- files ------------------------------------------------------------------------------------------------
+    def to_reference_json(self) -> list[dict]:
+        return [{"layer": h.layer, "head": h.head, "score": float(self.scores[h])} for h in self.ranking()]
+
+    def save(self, path) -> Path:
+        """Write the reference ranking JSON at `path` and a sidecar `<stem>.gazekit.npz` with the matrices, the
+        model's name and dimensions."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_reference_json(), indent=1))
+        sidecar = _sidecar(path)
+        np.savez_compressed(sidecar, matrix=self.matrix if self.matrix is not None else np.zeros(0),
+                            scores=self.scores, meta=json.dumps({"model_name": self.model_name,
+                                                                  "n_strips": self.n_strips,
+                                                                  "n_layers": self.n_layers,
+                                                                  "n_heads": self.n_heads, **self.meta}))
+        return path
+
+    @classmethod
+    def load(cls, path, vlm=None) -> "GazeScores":
+        """Read a ranking JSON (gazekit's or the reference's bare list). With `vlm`, check its dimensions match."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"no ranking file at {path}; run gazekit.discover(...).save(path) first")
+        sidecar = _sidecar(path)
+        if sidecar.exists():
+            z = np.load(sidecar, allow_pickle=False)
+            meta = json.loads(str(z["meta"]))
+            matrix = z["matrix"] if z["matrix"].size else None
+            out = cls(matrix=matrix, scores=z["scores"], model_name=meta.pop("model_name", ""),
+                      n_strips=meta.pop("n_strips", 0), meta=meta)
+        else:
+            rows = json.loads(path.read_text())
+            if not isinstance(rows, list) or not all({"layer", "head", "score"} <= set(r) for r in rows):
+                raise ValueError(f"{path} is not a ranking file: expected a JSON list of {{layer, head, score}}")
+            L = max(r["layer"] for r in rows) + 1
+            H = max(r["head"] for r in rows) + 1
+            if vlm is not None:
+                L, H = max(L, vlm.n_layers), max(H, vlm.n_heads)
+            scores = np.full((L, H), -np.inf)
+            for r in rows:
+                scores[r["layer"], r["head"]] = r["score"]
+            out = cls(matrix=None, scores=scores)
+        if vlm is not None and (out.n_layers, out.n_heads) != (vlm.n_layers, vlm.n_heads):
+            raise ValueError(f"{path} ranks a model with {out.n_layers} layers x {out.n_heads} heads, but "
+                             f"{vlm.name} has {vlm.n_layers} x {vlm.n_heads}: run gazekit.discover on this model")
+        return out
+
+    def plot(self, k: Optional[int] = None):
+        from gazekit.plots import plot_gaze_scores
+
+        return plot_gaze_scores(self, k=k)
+
+    def __repr__(self):
+        top = ", ".join(f"{h}={self.scores[h]:.2f}" for h in self.ranking()[:5])
+        return f"GazeScores({self.n_layers}x{self.n_heads} heads, {self.n_strips} strips; top: {top})"
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.stem + ".gazekit.npz")
+
+
+def discover(vlm, strips: Sequence[Strip], *, progress: bool = True, fast: bool = True,
+             questions=None) -> GazeScores:
+    """Gaze scores from comic strips (the paper's six panel questions per strip)."""
+    strips = list(strips)
+    if not strips:
+        raise ValueError("discover needs at least one strip, e.g. gazekit.comics.synthetic(20, seed=0)")
+    for i, s in enumerate(strips):
+        if not isinstance(s, Strip):
+            raise TypeError(f"strip {i} is a {type(s).__name__}; build strips with gazekit.Strip.from_panels")
+    questions = questions or [panel_question(k) for k in range(1, N_PANELS + 1)]
+    from tqdm.auto import tqdm
+
+    total = np.zeros((vlm.n_layers, vlm.n_heads, N_PANELS, N_PANELS))
+    use_fast = fast and vlm.adapter.supports_prefix_cache
+    for strip in tqdm(strips, desc="discover", unit="strip", disable=not progress):
+        m = strip_matrix(vlm, strip, questions) if not use_fast else strip_matrix_fast(vlm, strip, questions)
+        total += m
+    return GazeScores.from_matrix(total / len(strips), model_name=vlm.name, n_strips=len(strips))
+
+
+@torch.no_grad()
+def strip_matrix(vlm, strip: Strip, questions) -> np.ndarray:
+    """Naive path: one full forward per question. Returns [L, H, 6 (queried), 6 (attended)]."""
+    rows = []
+    for q in questions:
+        prep = vlm.prepare(strip, q)
+        rows.append(capture_prepared(vlm, prep)[:, 0])  # [L, H, R]
+    return np.stack(rows, axis=2)
+
+
+@torch.no_grad()
+def strip_matrix_fast(vlm, strip: Strip, questions) -> np.ndarray:
+    """Shared-prefix path: encode the common prefix once, run the suffixes on copies of its KV cache."""
+    preps = [vlm.prepare(strip, q) for q in questions]
+    ids = [p.input_ids[0] for p in preps]
+    n = min(len(x) for x in ids)
+    common = 0
+    while common < n and all(bool(x[common] == ids[0][common]) for x in ids):
+        common += 1
+    regions = preps[0].regions
+    if common <= int(max(r.max() for r in regions)) or common == n:
+        return strip_matrix(vlm, strip, questions)  # the questions differ before the image ends
+    model = vlm.model
+    prefix = {k: (v[:, :common] if torch.is_tensor(v) and v.dim() == 2 and v.shape[1] == len(ids[0]) else v)
+              for k, v in preps[0].items()}
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config.get_text_config())
+    vlm._current = preps[0]
+    model(**prefix, **{_CACHE_KW: cache}, use_cache=True)
+    out = np.zeros((vlm.n_layers, vlm.n_heads, len(questions), len(regions)))
+    groups: dict[int, list[int]] = {}
+    for qi, x in enumerate(ids):
+        groups.setdefault(len(x), []).append(qi)
+    rec = _RegionRecorder(vlm, lambda session: regions)
+    for length, members in groups.items():
+        suffix = torch.stack([ids[qi][common:] for qi in members])
+        c = copy.deepcopy(cache)
+        if len(members) > 1:
+            c.batch_repeat_interleave(len(members))
+        rec.raw.clear()
+        extras = vlm.adapter.suffix_inputs(preps[members[0]], common, suffix)
+        with vlm._intervene(rec, "record"):
+            model(input_ids=suffix, **{_CACHE_KW: c}, use_cache=True, **extras)
+        step = max(rec.raw)
+        got = torch.stack([rec.raw[step][l] for l in range(vlm.n_layers)]).numpy()  # [L, B, H, R]
+        for j, qi in enumerate(members):
+            out[:, :, qi, :] = got[:, j]
+    return out
+
+
+def _cache_kw() -> str:
+    import inspect
+
+    from transformers import LlavaForConditionalGeneration
+
+    params = inspect.signature(LlavaForConditionalGeneration.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.2x
+
+
+_CACHE_KW = _cache_kw()
+
+

@@ -1,0 +1,344 @@
+"""`load()` and the `VLM` wrapper: a Hugging Face model + processor + its family adapter."""
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from gazekit.models.adapters import Adapter, ImageCells, UnsupportedModelError, adapter_for
+from gazekit.regions import Scene, Strip
+
+ImageLike = Union[Strip, Scene, Image.Image]
+
+
+def default_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _as_scene(image: ImageLike) -> Scene:
+    if isinstance(image, Scene):
+        return image
+    if isinstance(image, Image.Image):
+        W, H = image.size
+        return Scene(image, {"image": (0, 0, W, H)})
+    raise TypeError(f"expected a gazekit Strip, Scene or PIL image, got {type(image).__name__}")
+
+
+class Prepared(Mapping):
+    """Model inputs for one or more (image, prompt) pairs with the same token layout.
+
+    Use it as `model(**prepared)`. `.regions[r]` holds the sequence positions of region r's image tokens (region
+    order = panels left to right, or the Scene's box order); `.cells` all image tokens with their centres."""
+
+    def __init__(self, inputs, regions, cells, scenes, prompts, adapter):
+        self._inputs = dict(inputs)
+        self.regions: list[torch.Tensor] = regions
+        self.cells: ImageCells = cells
+        self.scenes = scenes
+        self.prompts = prompts
+        self._adapter = adapter
+
+    def __getitem__(self, k):
+        return self._inputs[k]
+
+    def __iter__(self):
+        return iter(self._inputs)
+
+    def __len__(self):
+        return len(self._inputs)
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return self._inputs["input_ids"]
+
+    @property
+    def prompt_len(self) -> int:
+        return int(self._inputs["input_ids"].shape[1])
+
+    @property
+    def image_positions(self) -> torch.Tensor:
+        return self.cells.positions
+
+    def positions_for_box(self, box) -> torch.Tensor:
+        """Image-token positions whose cell centre lies in `box` (x0, y0, x1, y1) in image pixels."""
+        scene = self.scenes[0]
+        W, H = scene.image.size
+        x0, y0, x1, y1 = (float(v) for v in box)
+        if not (0 <= x0 < x1 <= W and 0 <= y0 < y1 <= H):
+            raise ValueError(f"box {tuple(box)} lies outside the {W}x{H} image; give (x0, y0, x1, y1) inside it")
+        c = self.cells.centres
+        inside = (c[:, 0] >= x0) & (c[:, 0] < x1) & (c[:, 1] >= y0) & (c[:, 1] < y1)
+        if not inside.any():
+            raise ValueError(f"box {tuple(box)} covers no image-token centre (tokens are "
+                             f"{_cell_size_hint(self.cells, W, H)}); make the box larger")
+        return self.cells.positions[torch.from_numpy(inside)]
+
+    def to(self, device, dtype=None):
+        for k, v in self._inputs.items():
+            if torch.is_tensor(v):
+                if dtype is not None and torch.is_floating_point(v):
+                    v = v.to(dtype)
+                self._inputs[k] = v.to(device)
+        return self
+
+
+def _cell_size_hint(cells: ImageCells, W, H) -> str:
+    n = len(cells.centres)
+    return f"{n} tokens over a {W}x{H} image, about {W * H / max(n, 1):.0f} px^2 each"
+
+
+@dataclass
+class VLM:
+    """A loaded vision-language model with everything gazekit needs to know about its family.
+
+    Attributes: `model`, `processor`, `family`, `n_layers`, `n_heads` (query heads per layer), `recommended_k`
+    (stored K for the embedded model, else None), `name`."""
+
+    model: Any
+    processor: Any
+    adapter: Adapter = field(repr=False)
+    name: str = "model"
+    recommended_k: Optional[int] = None
+    meta: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        self._stack: list = []
+        self._session = None
+        self._current: Optional[Prepared] = None
+
+    # -- facts -----------------------------------------------------------------------------------------------------
+    @property
+    def family(self) -> str:
+        return self.adapter.family
+
+    @property
+    def n_layers(self) -> int:
+        return self.adapter.n_layers
+
+    @property
+    def n_heads(self) -> int:
+        return self.adapter.n_heads
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        for p in self.model.parameters():
+            if torch.is_floating_point(p):
+                return p.dtype
+        return torch.float32
+
+    @property
+    def tokenizer(self):
+        return getattr(self.processor, "tokenizer", self.processor)
+
+    def __repr__(self):
+        return (f"VLM({self.name!r}, family={self.family!r}, layers={self.n_layers}, heads={self.n_heads}, "
+                f"device={self.device}, dtype={self.dtype})")
+
+    # -- inputs ----------------------------------------------------------------------------------------------------
+    def prepare(self, image: ImageLike, prompt: str) -> Prepared:
+        """Chat-templated inputs (with the generation prompt) + region token positions, on the model's device."""
+        return self.prepare_batch([image], [prompt])
+
+    def prepare_batch(self, images: Sequence[ImageLike], prompts: Sequence[str]) -> Prepared:
+        """Several (image, prompt) pairs in one batch. They must share one token layout (same prompt length and
+        image-token positions), e.g. several strips with one question on the organism."""
+        if len(images) == 0:
+            raise ValueError("prepare_batch needs at least one image")
+        if isinstance(prompts, str):
+            prompts = [prompts] * len(images)
+        if len(prompts) != len(images):
+            raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+        scenes = [_as_scene(im) for im in images]
+        fed, offsets = [], []
+        for s in scenes:
+            img, off = self.adapter.preprocess_image(s.image)
+            fed.append(img)
+            offsets.append(off)
+        inputs = self.adapter.build_inputs(fed, list(prompts), scenes)
+        ids = inputs["input_ids"]
+        cells = [self.adapter.image_cells(inputs, r, scenes[r], fed[r].size, offsets[r]) for r in range(len(scenes))]
+        if "attention_mask" in inputs and not bool(inputs["attention_mask"].all()):
+            raise ValueError("prepare_batch needs inputs of one length (no padding); prepare them one at a time")
+        regions = self._regions(cells[0], scenes[0])
+        for r in range(1, len(scenes)):
+            other = self._regions(cells[r], scenes[r])
+            if len(other) != len(regions) or any(not torch.equal(a, b) for a, b in zip(other, regions)):
+                raise ValueError("images in one batch map their regions to different tokens; prepare them separately")
+        prep = Prepared(inputs, regions, cells[0], scenes, list(prompts), self.adapter)
+        prep.to(self.device, self.dtype)
+        self._current = prep
+        return prep
+
+    def _regions(self, cells: ImageCells, scene: Scene) -> list[torch.Tensor]:
+        out = []
+        c = cells.centres
+        for i, (x0, y0, x1, y1) in enumerate(scene.token_boxes):
+            inside = (c[:, 0] >= x0) & (c[:, 0] < x1) & (c[:, 1] >= y0) & (c[:, 1] < y1)
+            if not inside.any():
+                W, H = scene.image.size
+                raise ValueError(f"region {scene.names[i]!r} box {(x0, y0, x1, y1)} covers no image-token centre "
+                                 f"({_cell_size_hint(cells, W, H)}); make the box larger")
+            out.append(cells.positions[torch.from_numpy(inside)])
+        return out
+
+    # -- generation ------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def ask(self, image: ImageLike, prompt: str, max_new_tokens: int = 20, **generate_kwargs) -> str:
+        """Greedy answer to one (image, prompt)."""
+        return self.ask_batch([image], [prompt], max_new_tokens=max_new_tokens, **generate_kwargs)[0]
+
+    @torch.no_grad()
+    def ask_batch(self, images, prompts, max_new_tokens: int = 20, **generate_kwargs) -> list[str]:
+        prep = self.prepare_batch(images, prompts)
+        out = self.generate(prep, max_new_tokens=max_new_tokens, **generate_kwargs)
+        return self.decode(out[:, prep.prompt_len:])
+
+    @torch.no_grad()
+    def generate(self, prepared: Prepared, max_new_tokens: int = 20, **generate_kwargs) -> torch.Tensor:
+        self._current = prepared
+        kw = dict(do_sample=False, max_new_tokens=max_new_tokens)
+        tok = self.tokenizer
+        if getattr(tok, "pad_token_id", None) is not None:
+            kw["pad_token_id"] = tok.pad_token_id
+        kw.update(generate_kwargs)
+        return self.model.generate(**prepared, **kw)
+
+    def decode(self, ids) -> list[str]:
+        return [s.strip() for s in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+    # -- interventions ---------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _intervene(self, item, kind: str):
+        """Attach a steerer or recorder; the attention function is installed while at least one is attached."""
+        from gazekit.attention import Session
+
+        if self._session is None:
+            session = Session(self)
+            session.install()
+            self._session = session
+        session = self._session
+        bucket = session.steerers if kind == "steer" else session.recorders
+        bucket.append(item)
+        try:
+            yield session
+        finally:
+            bucket.remove(item)
+            if not session.steerers and not session.recorders:
+                self._session = None
+                session.uninstall()
+
+
+def _embedded_dir() -> Path:
+    from gazekit import organism
+
+    return Path(organism.WEIGHTS_DIR)
+
+
+def load(model=None, processor=None, *, quantize: Optional[str] = None, device_map=None,
+         dtype: Optional[Union[str, torch.dtype]] = None, trust_remote_code: bool = False) -> VLM:
+    """Load a VLM for gaze-head work.
+
+    - `load()` — the embedded comic organism shipped with gazekit (CPU, seconds).
+    - `load("Qwen/Qwen2-VL-2B-Instruct")` or a local folder — `from_pretrained`; `dtype` defaults to bfloat16 on
+      CUDA, float16 on Apple MPS, float32 on CPU; `quantize="4bit"` loads NF4 weights with bitsandbytes (vision tower
+      and lm_head kept in full precision); `device_map="auto"` shards across GPUs with accelerate.
+    - `load(model, processor)` — an already loaded Hugging Face model and its processor.
+    """
+    if quantize not in (None, "4bit"):
+        raise ValueError(f"quantize must be None or '4bit', got {quantize!r}")
+    if model is None:
+        return _load_embedded(quantize=quantize, dtype=dtype)
+    if isinstance(model, (str, Path)):
+        return _load_pretrained(str(model), processor, quantize, device_map, dtype, trust_remote_code)
+    if processor is None:
+        raise ValueError("pass the model's processor too: gazekit.load(model, processor)")
+    adapter = adapter_for(model, processor)
+    model.eval()
+    name = getattr(model.config, "_name_or_path", "") or type(model).__name__
+    return VLM(model, processor, adapter, name=name)
+
+
+def _resolve_dtype(dtype, device: torch.device):
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    if dtype is not None:
+        return dtype
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.float32
+
+
+def _bnb_config(compute_dtype, skip):
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype,
+                              llm_int8_skip_modules=skip)
+
+
+# module-name prefixes/suffixes bitsandbytes must leave in full precision (the vision tower and the output head)
+_BNB_SKIP = ["visual", "vision_tower", "vision_model", "multi_modal_projector", "connector", "lm_head"]
+
+
+def _load_pretrained(path, processor, quantize, device_map, dtype, trust_remote_code) -> VLM:
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    cfg = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    device = default_device()
+    dtype = _resolve_dtype(dtype, device)
+    kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code)
+    if quantize == "4bit":
+        kwargs["quantization_config"] = _bnb_config(dtype, _BNB_SKIP)
+        kwargs["device_map"] = device_map or ("auto" if device.type == "cuda" else str(device))
+    elif device_map is not None:
+        kwargs["device_map"] = device_map
+    from gazekit.models.adapters import _REGISTRY  # check support before downloading weights
+
+    if not any(getattr(cfg, "model_type", None) in c.model_types for c in _REGISTRY):
+        from gazekit.models.adapters import supported_families
+
+        raise UnsupportedModelError(f"gazekit has no adapter for model_type {cfg.model_type!r}. Supported families: "
+                                    f"{', '.join(supported_families())}. See docs/adding-a-family.md.")
+    model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+    if "device_map" not in kwargs:
+        model.to(device)
+    if processor is None:
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if not hasattr(processor, "image_processor"):
+        raise ValueError(f"AutoProcessor for {path!r} returned {type(processor).__name__} without an image processor; "
+                         "build the model's processor class yourself and pass it: gazekit.load(path, processor)")
+    model.eval()
+    return VLM(model, processor, adapter_for(model, processor), name=path)
+
+
+def _load_embedded(quantize=None, dtype=None) -> VLM:
+    try:
+        from gazekit.organism import load_organism
+    except ImportError as e:  # pragma: no cover - only while the organism package is missing
+        raise RuntimeError("the embedded organism is not available in this install: " + str(e)) from e
+    model, processor = load_organism(quantize=quantize) if quantize else load_organism()
+    if dtype is not None:
+        model.to(_resolve_dtype(dtype, torch.device("cpu")))
+    meta = {}
+    meta_path = _embedded_dir() / "gazekit_meta.json"
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+    vlm = VLM(model.eval(), processor, adapter_for(model, processor), name="gazekit/comic-organism",
+              recommended_k=meta.get("recommended_k"), meta=meta)
+    return vlm

@@ -1,0 +1,75 @@
+"""Figures in the paper's style (matplotlib + seaborn). Everything a reader sees as a panel is 1-based."""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_gaze_scores(scores, k: Optional[int] = None):
+    """Layer x head heatmap of gaze scores, their histogram, and the best head's 6x6 matrix."""
+    import seaborn as sns
+
+    plt = _plt()
+    ncols = 3 if scores.matrix is not None else 2
+    fig, axes = plt.subplots(1, ncols, figsize=(4.2 * ncols, 3.4))
+    sns.heatmap(scores.scores, ax=axes[0], cmap="viridis", vmin=0, vmax=max(1e-9, float(np.nanmax(scores.scores))),
+                cbar_kws={"label": "gaze score"})
+    axes[0].set_xlabel("head")
+    axes[0].set_ylabel("layer")
+    axes[0].set_title("gaze score by layer and head")
+    if k:
+        for h in scores.top(k):
+            axes[0].add_patch(_plt().Rectangle((h.head, h.layer), 1, 1, fill=False, ec="red", lw=1.5))
+    sns.histplot(scores.scores.ravel(), bins=20, ax=axes[1], color="tab:blue")
+    axes[1].set_xlabel("gaze score")
+    axes[1].set_ylabel("heads")
+    axes[1].set_title("distribution")
+    if ncols == 3:
+        best = scores.top(1)[0]
+        plot_head_matrix(scores, best, ax=axes[2])
+    fig.tight_layout()
+    return fig
+
+
+def plot_head_matrix(scores, head, ax=None):
+    """One head's 6x6 matrix: queried panel (rows) x attended panel (columns), 1-based labels."""
+    import seaborn as sns
+
+    plt = _plt()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(3.6, 3.2))
+    m = scores.matrix[head[0], head[1]]
+    labels = [str(i + 1) for i in range(m.shape[-1])]
+    sns.heatmap(m, ax=ax, cmap="magma", vmin=0, vmax=1, annot=True, fmt=".2f", annot_kws={"size": 7},
+                xticklabels=labels, yticklabels=labels, cbar=False)
+    ax.set_xlabel("attended panel")
+    ax.set_ylabel("queried panel")
+    ax.set_title(f"L{head[0]}.H{head[1]}  score {scores.scores[head[0], head[1]]:.2f}")
+    return ax
+
+
+def plot_trajectory(traj, weighted: bool = False, ax=None, title: Optional[str] = None):
+    """Staircase figure: mean attention of the tracked heads over regions at each generated token."""
+    plt = _plt()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(5, 0.32 * len(traj.tokens) + 2), 3.0))
+    m = traj.mean(weighted).T  # [R, T]
+    im = ax.imshow(m, aspect="auto", cmap="viridis", vmin=0, origin="lower")
+    ax.set_yticks(range(m.shape[0]))
+    ax.set_yticklabels([str(n) for n in traj.region_names] or [str(i + 1) for i in range(m.shape[0])])
+    ax.set_ylabel("panel")
+    ax.set_xticks(range(len(traj.tokens)))
+    ax.set_xticklabels([t.strip() or "·" for t in traj.tokens], rotation=90, fontsize=7)
+    ax.plot(m.argmax(0), color="white", lw=1, marker=".", ms=3)
+    ax.set_title(title or f"attention of {len(traj.heads)} heads while generating"
+                 + (" (value-weighted)" if weighted else ""))
+    ax.figure.colorbar(im, ax=ax, fraction=0.03, pad=0.01)
+    ax.figure.tight_layout()
+    return ax.figure

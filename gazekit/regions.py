@@ -1,0 +1,165 @@
+"""Images with named regions: the six-panel comic `Strip` and the general `Scene`.
+
+A region is a box in the image's own pixel coordinates. Which *tokens* belong to a region is decided later,
+by the family adapter (`gazekit.models.adapters`), which knows how the processor resized or tiled the image.
+Panel and region numbers that users type or read are 1-based; array axes are 0-based.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence, Union
+
+from PIL import Image
+
+Box = tuple[float, float, float, float]  # (x0, y0, x1, y1) in image pixels, x1/y1 exclusive
+
+STRIP_HEIGHT = 256
+STRIP_GAP = 6
+N_PANELS = 6
+ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth")
+
+
+def _round32(x: float) -> int:
+    return max(32, int(round(x / 32.0)) * 32)
+
+
+@dataclass
+class Scene:
+    """An image with boxes. `boxes` is a list of boxes (numbered 1, 2, ...) or a dict name -> box.
+
+    >>> Scene(img, {"dog": (10, 20, 120, 200), "ball": (150, 40, 190, 80)})
+    """
+
+    image: Image.Image
+    boxes: Union[Sequence[Box], dict[str, Box]]
+    names: list[str] = field(init=False)
+
+    def __post_init__(self):
+        if not isinstance(self.image, Image.Image):
+            raise TypeError(f"Scene needs a PIL image, got {type(self.image).__name__}; open it with PIL.Image.open")
+        self.image = self.image.convert("RGB")
+        if isinstance(self.boxes, dict):
+            self.names = [str(k) for k in self.boxes]
+            boxes = list(self.boxes.values())
+        else:
+            boxes = list(self.boxes)
+            self.names = [str(i + 1) for i in range(len(boxes))]
+        if not boxes:
+            raise ValueError("Scene needs at least one box, e.g. Scene(img, [(x0, y0, x1, y1)])")
+        W, H = self.image.size
+        checked = []
+        for name, b in zip(self.names, boxes):
+            if len(b) != 4:
+                raise ValueError(f"box {name!r} must be (x0, y0, x1, y1), got {b!r}")
+            x0, y0, x1, y1 = (float(v) for v in b)
+            if not (0 <= x0 < x1 <= W and 0 <= y0 < y1 <= H):
+                raise ValueError(f"box {name!r} = {tuple(b)} lies outside the {W}x{H} image or is empty; "
+                                 f"give (x0, y0, x1, y1) with 0 <= x0 < x1 <= {W} and 0 <= y0 < y1 <= {H}")
+            checked.append((x0, y0, x1, y1))
+        self._box_list = checked
+
+    @property
+    def region_boxes(self) -> list[Box]:
+        """Boxes in region order (what `prepare(...).regions` follows)."""
+        return list(self._box_list)
+
+    @property
+    def token_boxes(self) -> list[Box]:
+        """Boxes used to assign image tokens to regions (same as `region_boxes` for a Scene)."""
+        return self.region_boxes
+
+    def region_index(self, target) -> int:
+        """0-based index of a region given as a 1-based number or a box name."""
+        if isinstance(target, str):
+            if target not in self.names:
+                raise ValueError(f"no region named {target!r}; this scene has {self.names}")
+            return self.names.index(target)
+        n = len(self._box_list)
+        if isinstance(target, bool) or not isinstance(target, int) or not 1 <= target <= n:
+            raise ValueError(f"region {target!r} out of range: use a number 1..{n} (1-based) or a name from {self.names}")
+        return target - 1
+
+    def __len__(self):
+        return len(self._box_list)
+
+
+class Strip(Scene):
+    """A six-panel comic strip: panels resized to a common height (256 px, width keeping the aspect ratio, both
+    multiples of 32), pasted left to right on white with a 6 px gap.
+
+    `panel_boxes` are the panels' pixel boxes; `token_boxes` split the whole width into six columns (each gap shared
+    half and half), so every image token belongs to exactly one panel, as in the paper.
+    """
+
+    def __init__(self, image: Image.Image, panel_boxes: Sequence[Box], captions: Sequence[str] | None = None):
+        if len(panel_boxes) != N_PANELS:
+            raise ValueError(f"a Strip has {N_PANELS} panels, got {len(panel_boxes)} boxes")
+        super().__init__(image, list(panel_boxes))
+        if captions is not None:
+            captions = [str(c) for c in captions]
+            if len(captions) != N_PANELS:
+                raise ValueError(f"give one caption per panel ({N_PANELS}), got {len(captions)}")
+        self.captions = captions
+        self.panel_boxes = self.region_boxes
+
+    @classmethod
+    def from_panels(cls, panels: Sequence[Image.Image], captions: Sequence[str] | None = None,
+                    *, height: int = STRIP_HEIGHT, gap: int = STRIP_GAP) -> "Strip":
+        """Build the paper's strip from six panel images (left to right)."""
+        panels = list(panels)
+        if len(panels) != N_PANELS:
+            raise ValueError(f"a comic strip needs exactly {N_PANELS} panels, got {len(panels)}; "
+                             "pass six PIL images, left to right")
+        h = _round32(height)
+        resized = []
+        for i, p in enumerate(panels):
+            if not isinstance(p, Image.Image):
+                raise TypeError(f"panel {i + 1} is a {type(p).__name__}, not a PIL image")
+            w = _round32(p.width * h / p.height)
+            resized.append(p.convert("RGB").resize((w, h), Image.BICUBIC))
+        W = sum(p.width for p in resized) + gap * (N_PANELS - 1)
+        strip = Image.new("RGB", (W, h), (255, 255, 255))
+        boxes, x = [], 0
+        for p in resized:
+            strip.paste(p, (x, 0))
+            boxes.append((float(x), 0.0, float(x + p.width), float(h)))
+            x += p.width + gap
+        return cls(strip, boxes, captions)
+
+    @property
+    def token_boxes(self) -> list[Box]:
+        W, H = self.image.size
+        out = []
+        for i, (x0, _, x1, _) in enumerate(self.panel_boxes):
+            left = 0.0 if i == 0 else (self.panel_boxes[i - 1][2] + x0) / 2
+            right = float(W) if i == N_PANELS - 1 else (x1 + self.panel_boxes[i + 1][0]) / 2
+            out.append((left, 0.0, right, float(H)))
+        return out
+
+    def panel(self, k: int) -> Image.Image:
+        """Panel k (1-based) as its own image."""
+        x0, y0, x1, y1 = self.panel_boxes[self.region_index(k)]
+        return self.image.crop((int(x0), int(y0), int(x1), int(y1)))
+
+    def _repr_png_(self):  # show the strip itself in notebooks
+        import io
+        buf = io.BytesIO()
+        self.image.save(buf, format="PNG")
+        return buf.getvalue()
+
+    def __repr__(self):
+        cap = "" if self.captions is None else f", captions={self.captions}"
+        return f"Strip({self.image.width}x{self.image.height}{cap})"
+
+
+def panel_question(k: int) -> str:
+    """The paper's discovery prompt for panel k (1-based)."""
+    if not 1 <= k <= N_PANELS:
+        raise ValueError(f"panel must be 1..{N_PANELS}, got {k}")
+    return ("Look carefully at this six-panel comic strip. "
+            f"What is happening in the {ORDINALS[k - 1]} panel from the left? Answer briefly.")
+
+
+VQA_QUESTION = "What is the main action or event happening in this comic strip? Answer briefly."
+NARRATION_PROMPT = "What is happening in this panel of the comic strip?"
+PANEL_BY_PANEL_PROMPT = "Please describe what happens in each panel, in order."

@@ -1,0 +1,211 @@
+"""Steering: bias chosen heads' attention toward a region while the model reads and generates.
+
+>>> with gazekit.steer(vlm, scores.top(8), target=3):
+...     vlm.ask(strip, gazekit.VQA_QUESTION)
+
+Modes (the reference's closed set), with B = strength, on the selected heads only:
+  boost_suppress   +B on the target region's image tokens, -B on every other image token (the paper's recipe)
+  suppress_image   -B on every non-target image token
+  suppress_all     -B on every prompt token except the target region (image and text)
+  max_suppress_all suppress_all, plus -B on tokens decoded so far
+Targets are resolved against each input prepared inside the context (`vlm.prepare`/`ask`/`generate`).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable, Literal, NamedTuple, Optional, Union
+
+import torch
+
+Mode = Literal["boost_suppress", "suppress_image", "suppress_all", "max_suppress_all"]
+Phase = Literal["all", "decode", "prefill"]
+MODES = ("boost_suppress", "suppress_image", "suppress_all", "max_suppress_all")
+PHASES = ("all", "decode", "prefill")
+
+
+class Head(NamedTuple):
+    """One query head of the language model, 0-based. Shown as L<layer>.H<head>."""
+
+    layer: int
+    head: int
+
+    def __str__(self):
+        return f"L{self.layer}.H{self.head}"
+
+
+def as_heads(vlm, heads) -> list[Head]:
+    """Validate heads: an iterable of (layer, head) pairs, or "all"."""
+    L, H = vlm.n_layers, vlm.n_heads
+    if isinstance(heads, str):
+        if heads != "all":
+            raise ValueError(f"heads must be a list of (layer, head) pairs or 'all', got {heads!r}")
+        return [Head(l, h) for l in range(L) for h in range(H)]
+    out = []
+    for item in heads:
+        try:
+            l, h = (int(v) for v in item)
+        except (TypeError, ValueError):
+            raise ValueError(f"each head must be a (layer, head) pair, got {item!r}") from None
+        if not (0 <= l < L and 0 <= h < H):
+            raise ValueError(f"head ({l}, {h}) out of range: this model has layers 0..{L - 1} and heads 0..{H - 1} "
+                             "(0-based)")
+        out.append(Head(l, h))
+    return out
+
+
+@dataclass(frozen=True)
+class SteerSpec:
+    """What a steering run did, as a value saved next to results."""
+
+    heads: tuple
+    target: Any
+    mode: str
+    strength: float
+    phase: str
+
+    def to_dict(self):
+        d = asdict(self)
+        d["heads"] = [list(h) for h in self.heads]
+        if callable(self.target):
+            d["target"] = getattr(self.target, "__name__", "callable")
+        elif isinstance(self.target, dict):
+            d["target"] = {str(k): v for k, v in self.target.items()}
+        return d
+
+
+class _Steerer:
+    def __init__(self, vlm, heads: list[Head], target, mode: str, strength: float, phase: str):
+        self.vlm = vlm
+        self.by_layer: dict[int, list[int]] = {}
+        for h in heads:
+            self.by_layer.setdefault(h.layer, [])
+            if h.head not in self.by_layer[h.layer]:
+                self.by_layer[h.layer].append(h.head)
+        self.target = target
+        self.mode = mode
+        self.strength = float(strength)
+        self.phase = phase
+        self._key_bias: Optional[torch.Tensor] = None  # [total_len] float32 for the current step
+        self._cache_key = None
+        self.targets_seen: list = []  # (step, resolved 0-based region or box) per forward, for inspection
+
+    def _target_at(self, step: int, session):
+        t = self.target
+        if callable(t) and not isinstance(t, (dict, int, str, tuple, list)):
+            text = self.vlm.decode([session.generated])[0] if session.generated else ""
+            return t(step, text)
+        if isinstance(t, dict):
+            keys = sorted(k for k in t if k <= step)
+            return t[keys[-1]] if keys else None
+        return t
+
+    def on_step(self, session):
+        step = session.step
+        active = (self.phase == "all" or (self.phase == "decode" and step > 0) or
+                  (self.phase == "prefill" and step == 0))
+        target = self._target_at(step, session) if active else None
+        self.targets_seen.append((step, target))
+        if target is None or not self.by_layer:
+            self._key_bias = None
+            return
+        prep = self.vlm._current
+        if prep is None:
+            raise RuntimeError("steer: no prepared input; call vlm.prepare/ask/generate inside the context")
+        key = (id(prep), _hashable(target), session.total_len)
+        if key == self._cache_key:
+            return
+        self._cache_key = key
+        tgt_pos = resolve_target(prep, target)
+        T, B = session.total_len, self.strength
+        bias = torch.zeros(T, dtype=torch.float32)
+        img = prep.image_positions.cpu()
+        P = session.prompt_len
+        if self.mode == "boost_suppress":
+            bias[img] = -B
+            bias[tgt_pos.cpu()] = B
+        elif self.mode == "suppress_image":
+            bias[img] = -B
+            bias[tgt_pos.cpu()] = 0.0
+        elif self.mode in ("suppress_all", "max_suppress_all"):
+            bias[:P] = -B
+            if self.mode == "max_suppress_all":
+                bias[P:] = -B
+            bias[tgt_pos.cpu()] = 0.0
+        self._key_bias = bias
+
+    def bias(self, session, layer, Bsz, Hq, Q, K, device):
+        heads = self.by_layer.get(layer)
+        if not heads or self._key_bias is None:
+            return None
+        T = session.total_len
+        kb = self._key_bias
+        if kb.numel() < T:  # keys decoded after the last resolution carry no bias (or -B for max_suppress_all)
+            fill = -self.strength if self.mode == "max_suppress_all" else 0.0
+            kb = torch.cat([kb, torch.full((T - kb.numel(),), fill)])
+        # shift each query row by the largest bias it can see (causal), so boosted keys keep exact logits
+        shift = torch.cummax(kb, dim=0).values
+        keys = kb[T - K:T]  # keys are right-aligned (sliding-window layers keep only the last K)
+        rows = shift[T - Q:T]
+        rows = torch.maximum(rows, torch.zeros_like(rows)) if self.mode == "boost_suppress" else rows
+        rel = keys[None, :] - rows[:, None]  # [Q, K]
+        out = torch.zeros(Bsz, Hq, Q, K, dtype=torch.float32, device=device)
+        out[:, heads] = rel.to(device)
+        return out
+
+
+def _hashable(t):
+    if isinstance(t, list):
+        return tuple(t)
+    return t
+
+
+def resolve_target(prep, target) -> torch.Tensor:
+    """Token positions of a target: 1-based region number, region name, or box (x0, y0, x1, y1)."""
+    scene = prep.scenes[0]
+    if isinstance(target, (tuple, list)) and len(target) == 4:
+        return prep.positions_for_box(target)
+    if isinstance(target, (int, str)) and not isinstance(target, bool):
+        return prep.regions[scene.region_index(target)]
+    raise ValueError(f"cannot use {target!r} as a steering target: give a 1-based region number (1..{len(scene)}), "
+                     f"a region name {scene.names}, a box (x0, y0, x1, y1), a schedule {{step: target}} or a callable")
+
+
+def _check_target(target):
+    if isinstance(target, dict):
+        if not target:
+            raise ValueError("an empty schedule steers nothing; give {decode_step: target, ...}")
+        for k in target:
+            if not isinstance(k, int) or k < 0:
+                raise ValueError(f"schedule keys are decode steps (ints >= 0; 0 = first generated token), got {k!r}")
+        return
+    if callable(target) or isinstance(target, (int, str)) or (isinstance(target, (tuple, list)) and len(target) == 4):
+        if isinstance(target, bool):
+            raise ValueError("a steering target cannot be a bool")
+        if isinstance(target, int) and target < 1:
+            raise ValueError(f"panel/region numbers are 1-based, got {target}")
+        return
+    raise ValueError(f"cannot use {target!r} as a steering target: give a 1-based region number, a region name, a box "
+                     "(x0, y0, x1, y1), a schedule {decode_step: target} or a callable (step, text_so_far) -> target")
+
+
+@contextlib.contextmanager
+def steer(vlm, heads, target, *, mode: Mode = "boost_suppress", strength: float = 1e4, phase: Phase = "all"):
+    """Bias `heads` toward `target` for every input prepared inside the context; restores the model on exit.
+
+    heads: list of (layer, head) (e.g. `scores.top(8)`), or "all". target: 1-based panel/region number, region name,
+    box (x0, y0, x1, y1) in image pixels, schedule {decode_step: target} (0 = first generated token; a target holds
+    until the next key; before the first key nothing is steered), or callable (step, text_so_far) -> target|None.
+    mode: one of MODES. strength: B (1e4 saturates softmax). phase: "all" (prefill and decoding), "decode" or
+    "prefill". Yields a SteerSpec describing the intervention.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if phase not in PHASES:
+        raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
+    hs = as_heads(vlm, heads)
+    _check_target(target)
+    steerer = _Steerer(vlm, hs, target, mode, strength, phase)
+    spec = SteerSpec(tuple(hs), target, mode, float(strength), phase)
+    with vlm._intervene(steerer, "steer"):
+        yield spec
