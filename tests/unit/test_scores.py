@@ -1,0 +1,68 @@
+"""GazeScores on synthetic matrices: ranking, controls, files (no model)."""
+import json
+
+import numpy as np
+import pytest
+
+from gazekit import GazeScores, Head
+
+
+def _scores(L=4, H=8, seed=0):
+    rng = np.random.default_rng(seed)
+    m = rng.uniform(0, 0.2, size=(L, H, 6, 6))
+    m[2, 3] += np.eye(6) * 0.7  # one obvious gaze head
+    m[3, 1] += np.eye(6) * 0.5
+    return GazeScores.from_matrix(m, model_name="toy", n_strips=3)
+
+
+def test_score_is_mean_diagonal_and_ranking_is_sorted():
+    s = _scores()
+    np.testing.assert_allclose(s.scores[1, 2], np.trace(s.matrix[1, 2]) / 6)
+    assert s.top(2) == [Head(2, 3), Head(3, 1)]
+    ranked = [s.scores[h] for h in s.ranking()]
+    assert ranked == sorted(ranked, reverse=True)
+    assert str(Head(2, 3)) == "L2.H3"
+
+
+def test_controls_come_from_the_bottom_and_widen_when_needed():
+    s = _scores()  # 32 heads: bottom 5% holds 1 head
+    c = s.controls(4, percentile=5, seed=0)
+    assert len(c) == 4 and len(set(c)) == 4
+    assert c.percentile_used > 5 and c.pool_size == 4  # widened to the smallest pool that holds k
+    bottom = set(s.ranking()[-4:])
+    assert set(c) == bottom
+    assert not set(c) & set(s.top(4))
+    c2 = s.controls(2, percentile=50, seed=1)
+    assert c2.percentile_used == 50 and set(c2) <= set(s.ranking()[16:])
+    assert s.controls(2, percentile=50, seed=1) == c2  # seeded
+
+
+def test_save_load_roundtrip_and_reference_json(tmp_path):
+    s = _scores()
+    p = s.save(tmp_path / "ranking.json")
+    rows = json.loads(p.read_text())
+    assert rows[0] == {"layer": 2, "head": 3, "score": pytest.approx(float(s.scores[2, 3]))}
+    t = GazeScores.load(p)
+    np.testing.assert_array_equal(t.matrix, s.matrix)
+    assert t.model_name == "toy" and t.top(3) == s.top(3)
+    # a bare reference ranking (no sidecar) loads too
+    bare = tmp_path / "ref.json"
+    bare.write_text(json.dumps(rows))
+    r = GazeScores.load(bare)
+    assert r.top(5) == s.top(5) and r.matrix is None
+
+
+def test_load_rejects_ranking_of_another_model(tmp_path):
+    class Fake:
+        n_layers, n_heads, name = 5, 8, "other"
+
+    p = _scores().save(tmp_path / "r.json")
+    with pytest.raises(ValueError, match="run gazekit.discover on this model"):
+        GazeScores.load(p, vlm=Fake())
+    with pytest.raises(FileNotFoundError, match="discover"):
+        GazeScores.load(tmp_path / "missing.json")
+
+
+def test_top_k_range():
+    with pytest.raises(ValueError, match="k must be"):
+        _scores().top(0)
