@@ -128,6 +128,7 @@ class CaptionJudge:
     """Exact/lexical match of an answer to the six captions.
 
     1. Normalised exact match (lower case, punctuation dropped): the answer equals one caption, or starts with it.
+       An answer containing two or more whole captions narrates several panels and is junk.
     2. Otherwise the Dice overlap of content words (stop words dropped) with each caption,
        2|A∩C| / (|A| + |C|); the best panel wins if its overlap is >= `min_overlap` and beats the runner-up by
        >= `margin`. Dice rather than recall so that a long answer listing everything does not match every caption.
@@ -146,7 +147,11 @@ class CaptionJudge:
         if not a:
             return Verdict(None, junk=True, reason="empty answer")
         normed = [_normalise(r) for r in refs]
-        exact = [i for i, r in enumerate(normed) if r and (a == r or a.startswith(r + " "))]
+        inside = [i for i, r in enumerate(normed) if r and f" {r} " in f" {a} "]
+        if len(inside) >= 2:  # narrates several panels: a summary, not one panel
+            return Verdict(None, junk=True, reason="ambiguous: the answer contains the captions of panels "
+                                                   + ", ".join(str(i + 1) for i in inside))
+        exact = [i for i in inside if a == normed[i] or a.startswith(normed[i] + " ")]
         if len(exact) == 1:
             return Verdict(exact[0] + 1, reason=f"exact match to caption {exact[0] + 1}: {refs[exact[0]]!r}")
         A = set(words(a)) - STOPWORDS

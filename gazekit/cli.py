@@ -1,0 +1,274 @@
+"""Command line: ``python -m gazekit discover|vqa|narration|dynamic|sweep|boxes ...``.
+
+Each experiment command loads a model (default: the embedded comic organism), takes gaze heads from a ranking file
+(or discovers them first and writes ``ranking.json``), runs the protocol with a resumable JSONL log in ``--out`` and
+writes the results table (CSV), a summary, a figure (PNG) and the config. Rerun the same command to resume after a
+crash; run ``--shard i/n`` in n processes (one per GPU) and then once without ``--shard`` to merge the shards.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+STRIPS_HELP = ("strips to use: 'synthetic:N:SEED' (gazekit's synthetic comics), a folder laid out as "
+               "comicN/p1.png ... p6.png (optional captions.json/csv), 'hub:NAME[:SPLIT]' (a Hugging Face dataset "
+               "or a local save_to_disk/parquet path, e.g. hub:baulab/openai-comic-strips:train), or "
+               "'comics:ROOT:N:SEED' (N random 6-panel windows of the COMICS corpus's raw panel folders)")
+
+
+def parse_strips(spec: str, limit: Optional[int] = None):
+    """Strips from a --strips spec (see STRIPS_HELP)."""
+    if spec.startswith("synthetic:"):
+        parts = spec.split(":")
+        if len(parts) not in (2, 3):
+            raise SystemExit(f"--strips {spec!r}: use synthetic:N or synthetic:N:SEED")
+        from gazekit.comics import synthetic
+        n = int(parts[1])
+        return synthetic(n if limit is None else min(n, limit), seed=int(parts[2]) if len(parts) == 3 else 0)
+    if spec.startswith("hub:"):
+        rest = spec[4:]
+        name, _, split = rest.rpartition(":") if rest.count(":") >= 1 and not Path(rest).exists() else (rest, "", "")
+        from gazekit.comics import from_hub
+        return from_hub(name or rest, split=split or "train", limit=limit)
+    if spec.startswith("comics:"):
+        parts = spec.split(":")
+        if len(parts) != 4:
+            raise SystemExit(f"--strips {spec!r}: use comics:ROOT:N:SEED")
+        from gazekit.comics import comics_windows
+        n = int(parts[2])
+        return comics_windows(parts[1], n if limit is None else min(n, limit), seed=int(parts[3]))
+    if Path(spec).is_dir():
+        from gazekit.comics import load_folder
+        return load_folder(spec, limit=limit)
+    raise SystemExit(f"--strips {spec!r} is not a folder nor synthetic:N:SEED / hub:NAME / comics:ROOT:N:SEED")
+
+
+def synthetic_scenes(n: int, seed: int):
+    """Scenes from synthetic strips: each panel a box named by its caption (for `boxes` on the organism)."""
+    from gazekit.comics import synthetic
+    from gazekit.regions import Scene
+    out = []
+    for s in synthetic(n, seed=seed):
+        sc = Scene(s.image, dict(zip(s.captions, s.panel_boxes)))
+        sc.id = f"synthetic-{seed}-{len(out)}"
+        out.append(sc)
+    return out
+
+
+def _common(p: argparse.ArgumentParser, *, strips_default: str):
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=None, help="Hugging Face model id or local folder (default: gazekit's "
+                                                 "embedded comic organism)")
+    g.add_argument("--quantize", choices=["4bit"], default=None, help="load NF4 4-bit weights with bitsandbytes")
+    g.add_argument("--device-map", default=None, help="accelerate device map, e.g. 'auto' to spread over GPUs")
+    g.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
+                   help="weights dtype (default: bfloat16 on CUDA, float32 on CPU)")
+    g = p.add_argument_group("data and output")
+    g.add_argument("--strips", default=strips_default, help=STRIPS_HELP + f" (default: {strips_default})")
+    g.add_argument("--limit", type=int, default=None, help="use only the first N strips")
+    g.add_argument("--out", default=None, help="output folder (default: runs/<command>)")
+    g.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    g.add_argument("--seed", type=int, default=0, help="seed for random control heads and schedules (default 0)")
+
+
+def _steering(p: argparse.ArgumentParser, *, tokens: Optional[int], conditions: str, k=True):
+    g = p.add_argument_group("steering")
+    g.add_argument("--heads", default=None, help="ranking JSON from `discover` (default: OUT/ranking.json; if "
+                                                 "missing, discovery runs first on --discover-strips and writes it)")
+    g.add_argument("--discover-strips", default="synthetic:100:1000",
+                   help="strips for discovery when no ranking exists (default synthetic:100:1000, disjoint from "
+                        "the evaluation strips' seed)")
+    if k:
+        g.add_argument("--k", type=int, default=None, help="number of gaze heads to steer (default: the model's "
+                                                         "recommended K, else 100/1152 of its heads as in the paper)")
+    g.add_argument("--conditions", default=conditions,
+                   help=f"comma-separated subset of unsteered,top,random,all (default {conditions})")
+    g.add_argument("--mode", default="boost_suppress",
+                   choices=["boost_suppress", "suppress_image", "suppress_all", "max_suppress_all"],
+                   help="steering mode (default boost_suppress: +B on the target, -B on other image tokens)")
+    g.add_argument("--strength", type=float, default=1e4, help="bias B (default 1e4)")
+    g.add_argument("--phase", default="all", choices=["all", "decode", "prefill"],
+                   help="steer during prefill and decoding (all, the paper) or only one of them")
+    if tokens is not None:
+        g.add_argument("--max-new-tokens", type=int, default=tokens, help=f"tokens to generate (default {tokens})")
+    g.add_argument("--prompt", default=None, help="override the protocol's prompt")
+    g.add_argument("--shard", default=None, help="run only shard i of n ('i/n', 0 <= i < n) with its own log; "
+                                                 "rerun without --shard afterwards to merge all shards")
+
+
+def _judge(p: argparse.ArgumentParser):
+    g = p.add_argument_group("judge")
+    g.add_argument("--judge", default=None, choices=["caption", "semantic", "claude", "openai"],
+                   help="who decides which panel an answer describes (default: caption matcher for strips with "
+                        "captions, else the offline semantic judge)")
+    g.add_argument("--judge-model", default=None, help="model name for the claude/openai judges")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m gazekit", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("discover", help="rank every head by its gaze score; writes OUT/ranking.json",
+                       description="Gaze scores of every head from the six panel questions on comic strips; writes "
+                                   "the reference ranking JSON (list of {layer, head, score}, best first), a sidecar "
+                                   "with the 6x6 matrices and a plot.")
+    _common(d, strips_default="synthetic:100:1000")
+
+    v = sub.add_parser("vqa", help="VQA steering: does the answer describe the target panel?",
+                       description="The paper's main experiment: the whole-strip question, each panel as target, "
+                                   "15 tokens; accuracy per condition with 95% bootstrap CIs.")
+    _common(v, strips_default="synthetic:500:0")
+    _steering(v, tokens=15, conditions="unsteered,top,random,all")
+    _judge(v)
+
+    n = sub.add_parser("narration", help="static narration steering with the ambiguous prompt",
+                       description="Static narration: 'What is happening in this panel of the comic strip?', "
+                                   "~100 tokens, one target per answer.")
+    _common(n, strips_default="synthetic:500:0")
+    _steering(n, tokens=100, conditions="unsteered,top,random,all")
+    _judge(n)
+
+    dy = sub.add_parser("dynamic", help="dynamic narration along a random derangement of the panels",
+                        description="The target walks along a seeded derangement of the panels while the model "
+                                    "narrates panel by panel; per-segment accuracy and the Spearman correlation "
+                                    "between scheduled and described panels.")
+    _common(dy, strips_default="synthetic:500:0")
+    _steering(dy, tokens=None, conditions="unsteered,top,random")
+    dy.add_argument("--every", default="50", help="switch target every N decode steps (default 50, the paper), or "
+                                                  "'caption' to switch after each caption/sentence")
+    dy.add_argument("--max-new-tokens", type=int, default=None,
+                    help="tokens to generate (default 6 x --every, or 120 with --every caption)")
+    _judge(dy)
+
+    s = sub.add_parser("sweep", help="VQA accuracy against the number of heads K",
+                       description="k_sweep: top-K (and size-matched random) steering for several K.")
+    _common(s, strips_default="synthetic:500:0")
+    _steering(s, tokens=15, conditions="unsteered,top,random", k=False)
+    s.add_argument("--ks", default=None, help="comma-separated K values (default 1,2,5,10,20,50,100,... up to half "
+                                              "the heads)")
+    _judge(s)
+
+    b = sub.add_parser("boxes", help="steer toward named boxes in natural images (COCO)",
+                       description="Mention rate of the boxed object's name with and without steering.")
+    _common(b, strips_default="synthetic:100:1000")
+    _steering(b, tokens=30, conditions="unsteered,top,random")
+    b.add_argument("--coco-annotations", default=None, help="COCO instances_*.json")
+    b.add_argument("--coco-images", default=None, help="folder of the annotated images")
+    b.add_argument("--max-images", type=int, default=200, help="COCO images to use (default 200)")
+    b.add_argument("--categories", default=None, help="comma-separated COCO category names (default: all)")
+    b.add_argument("--scenes", default=None, help="instead of COCO: 'synthetic:N:SEED' synthetic strips as scenes "
+                                                 "whose panels are boxes named by their captions (for the organism)")
+    return p
+
+
+def _load_vlm(a):
+    import gazekit
+    return gazekit.load(a.model, quantize=a.quantize, device_map=a.device_map, dtype=a.dtype)
+
+
+def _scores(a, vlm, out: Path):
+    from gazekit import GazeScores, discover
+    path = Path(a.heads) if a.heads else out / "ranking.json"
+    if path.exists():
+        return GazeScores.load(path, vlm=vlm)
+    if a.heads:
+        raise SystemExit(f"--heads {path} does not exist; run `python -m gazekit discover --out DIR` first")
+    print(f"no ranking at {path}: discovering gaze heads on {a.discover_strips} first", file=sys.stderr)
+    scores = discover(vlm, parse_strips(a.discover_strips), progress=not a.no_progress)
+    if a.shard is None:  # one writer: shards must not race on ranking.json (they all compute the same one)
+        scores.save(path)
+    return scores
+
+
+def _judge_obj(a):
+    if a.judge in ("claude", "openai") and a.judge_model:
+        from gazekit.judges import ClaudeJudge, OpenAIJudge
+        return (ClaudeJudge if a.judge == "claude" else OpenAIJudge)(model=a.judge_model)
+    return a.judge
+
+
+def _finish(res, a, out: Path, command: str):
+    from gazekit.evaluate.runlog import parse_shard
+    sh = parse_shard(a.shard)
+    stem = command if sh is None else f"{command}.shard-{sh[0]}-of-{sh[1]}"
+    paths = res.save(out, stem=stem)
+    print(res.to_markdown())
+    if res.extra:
+        print(json.dumps(res.extra, indent=1, default=str))
+    print("wrote " + ", ".join(str(p) for p in paths.values() if Path(p).exists()))
+    return res
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    a = build_parser().parse_args(argv)
+    out = Path(a.out or f"runs/{a.command}")
+    out.mkdir(parents=True, exist_ok=True)
+    vlm = _load_vlm(a)
+    if a.command == "discover":
+        from gazekit import discover
+        strips = parse_strips(a.strips, a.limit)
+        scores = discover(vlm, strips, progress=not a.no_progress)
+        path = scores.save(out / "ranking.json")
+        try:
+            import matplotlib.pyplot as plt
+            fig = scores.plot()
+            fig = getattr(fig, "figure", fig)
+            fig.savefig(out / "ranking.png", bbox_inches="tight")
+            plt.close(fig)
+        except Exception as e:  # noqa: BLE001 — a plotting problem must not lose the ranking
+            print(f"(plot skipped: {e})", file=sys.stderr)
+        print(f"top heads: " + ", ".join(f"{h}={scores.scores[h]:.3f}" for h in scores.top(min(10, scores.scores.size))))
+        print(f"wrote {path}")
+        return 0
+
+    from gazekit import evaluate as ev
+    from gazekit.evaluate.runlog import RunLog, shard_log_paths
+    conditions = tuple(c.strip() for c in a.conditions.split(",") if c.strip())
+    scores = _scores(a, vlm, out) if any(c in ("top", "random") for c in conditions) else None
+    log_path, others = shard_log_paths(out, a.shard)
+    log = RunLog(log_path, read_also=others)
+    common = dict(conditions=conditions, log=log, shard=a.shard, seed=a.seed, progress=not a.no_progress,
+                  mode=a.mode, strength=a.strength, phase=a.phase)
+    try:
+        if a.command == "boxes":
+            if a.scenes:
+                _, n_, seed_ = (a.scenes.split(":") + ["0"])[:3]
+                scenes = synthetic_scenes(int(n_), int(seed_))
+            elif a.coco_annotations and a.coco_images:
+                from gazekit.scenes import from_coco
+                cats = a.categories.split(",") if a.categories else None
+                scenes = from_coco(a.coco_annotations, a.coco_images, categories=cats, max_images=a.max_images)
+            else:
+                raise SystemExit("boxes needs --coco-annotations and --coco-images, or --scenes synthetic:N:SEED")
+            kw = {"prompt": a.prompt} if a.prompt else {}
+            res = ev.boxes(vlm, scenes, scores, k=a.k, max_new_tokens=a.max_new_tokens, **common, **kw)
+            _finish(res, a, out, "boxes")
+            return 0
+        strips = parse_strips(a.strips, a.limit)
+        judge = _judge_obj(a)
+        if a.command == "vqa":
+            kw = {"question": a.prompt} if a.prompt else {}
+            res = ev.vqa(vlm, strips, scores, k=a.k, judge=judge, max_new_tokens=a.max_new_tokens, **common, **kw)
+        elif a.command == "narration":
+            kw = {"prompt": a.prompt} if a.prompt else {}
+            res = ev.narration(vlm, strips, scores, k=a.k, judge=judge, max_new_tokens=a.max_new_tokens,
+                               **common, **kw)
+        elif a.command == "dynamic":
+            every = None if a.every == "caption" else int(a.every)
+            kw = {"prompt": a.prompt} if a.prompt else {}
+            res = ev.dynamic(vlm, strips, scores, k=a.k, every=every, judge=judge,
+                             max_new_tokens=a.max_new_tokens, **common, **kw)
+        elif a.command == "sweep":
+            ks = [int(x) for x in a.ks.split(",")] if a.ks else None
+            kw = {"question": a.prompt} if a.prompt else {}
+            res = ev.k_sweep(vlm, strips, scores, ks, judge=judge, max_new_tokens=a.max_new_tokens, **common, **kw)
+        else:  # pragma: no cover - argparse rejects unknown commands
+            raise SystemExit(f"unknown command {a.command}")
+        _finish(res, a, out, "sweep" if a.command == "sweep" else a.command)
+    finally:
+        log.close()
+    return 0
