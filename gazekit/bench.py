@@ -1,0 +1,725 @@
+"""`python -m gazekit.bench` — gazekit against the paper's reference recipe, side by side, on your hardware.
+
+    python -m gazekit.bench --quick                       # ~3 min on one CPU thread
+    python -m gazekit.bench --repeats 5 --out bench.json  # more repeats
+    python -m gazekit.bench --device cuda                 # on a GPU
+
+or from a notebook: `gazekit.bench.run(quick=True)` (returns the same dict it writes as JSON).
+
+What it measures, per model (the embedded organism, and a mid-size random-weight Qwen2-VL with a ~650-token
+prompt built offline):
+
+- discovery time per strip: the reference recipe (eager attention, `output_attentions=True`, six full forwards,
+  `gazekit._reference`) against `gazekit.discover` (shared image prefix encoded once, six suffixes on its KV cache,
+  last rows only);
+- extra peak memory of each. CPU: each method runs once in its own fresh process; peak resident memory minus that
+  process's resident memory just before (after loading the model and `malloc_trim`; the kernel's peak counter is
+  reset through /proc/self/clear_refs, or sampled with psutil where that file does not exist). GPU:
+  `torch.cuda.max_memory_allocated` minus the memory allocated before;
+- the largest absolute difference between the two methods' 6x6 matrices;
+- capture overhead: `capture` against a plain uncaptured sdpa forward on the same prepared input;
+- steered against unsteered greedy generation of the same number of tokens (min_new_tokens = max_new_tokens);
+- 4-bit (bitsandbytes NF4, `gazekit.load(..., quantize="4bit")`) against fp16 bytes of the layers bitsandbytes
+  converts, and of the whole model for information.
+
+Timings alternate the two methods inside one process and report medians of the repeats. Everything runs in float32
+by default, so the score difference is a statement about the attention computation, not about rounding.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+SUBJECTS = ("organism", "qwen2vl-mid", "qwen2vl-tiny")
+DEFAULT_MODELS = ("organism", "qwen2vl-mid")
+
+# (key, label, unit, target kind, target value). "min": ratio must be >= value; "max": <= value.
+TARGETS = {
+    "discovery_time": ("min", 4.0),
+    "memory": ("min", 5.0),
+    "score_diff": ("max", 1e-5),
+    "capture_overhead": ("max", 0.15),
+    "steering": ("max", 1.15),
+    "quant_bytes": ("max", 0.35),
+}
+# capture overhead and steering targets are stated for the mid-size config; elsewhere they are information only
+_TARGETS_ONLY_FOR = {"capture_overhead": ("qwen2vl-mid",), "steering": ("qwen2vl-mid",)}
+
+
+# ------------------------------------------------------------------------------------------ offline Qwen2-VL
+@dataclass(frozen=True)
+class QwenSize:
+    """A random-weight Qwen2-VL configuration and the strip that goes with it."""
+
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    vision_depth: int
+    vision_dim: int
+    vision_heads: int
+    panel_w: int
+    panel_h: int
+
+
+# Mid-size: ~77M parameters (~310 MB in float32). Panels 320x256 make a 1950x256 strip -> 9x70 = 630 merged image
+# tokens, ~665 prompt tokens with the question. Widths are multiples of 64 (in) and 32 (out) so bitsandbytes' CPU
+# 4-bit kernel accepts every converted Linear.
+MID = QwenSize(hidden=768, intermediate=2048, layers=12, heads=12, kv_heads=2, vision_depth=2, vision_dim=256,
+               vision_heads=4, panel_w=320, panel_h=256)
+# Tiny: for the smoke test (seconds).
+TINY = QwenSize(hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2, vision_depth=1, vision_dim=64,
+                vision_heads=2, panel_w=64, panel_h=64)
+_QWEN_SIZES = {"qwen2vl-mid": MID, "qwen2vl-tiny": TINY}
+
+_QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                  "<|image_pad|>", "<|video_pad|>"]
+_QWEN_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for c in message['content'] %}{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def _qwen_tokenizer():
+    """A byte-level BPE trained in memory on gazekit's prompts, so they tokenize into word-sized pieces as with a
+    real Qwen tokenizer (a question is ~20 tokens, not ~100 bytes)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from gazekit.regions import NARRATION_PROMPT, ORDINALS, PANEL_BY_PANEL_PROMPT, VQA_QUESTION, panel_question
+
+    corpus = ([panel_question(k) for k in range(1, 7)] + [VQA_QUESTION, NARRATION_PROMPT, PANEL_BY_PANEL_PROMPT,
+                                                           " ".join(ORDINALS), "user assistant system"]) * 20
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=512, special_tokens=_QWEN_SPECIALS,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                        show_progress=False))
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                 additional_special_tokens=_QWEN_SPECIALS[1:])
+    hf.chat_template = _QWEN_TEMPLATE
+    return hf
+
+
+def _qwen_processor(tokenizer):
+    from transformers import Qwen2VLImageProcessorPil, Qwen2VLProcessor
+    from transformers.processing_utils import ProcessorMixin
+
+    class OfflineQwen2VLProcessor(Qwen2VLProcessor):
+        """Qwen2VLProcessor without its video processor (which would need torchvision)."""
+
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            self.image_token, self.video_token = "<|image_pad|>", "<|video_pad|>"
+            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+    # max_pixels well above a 1950x256 strip: the processor only rounds it to multiples of 28 px
+    imgp = Qwen2VLImageProcessorPil(patch_size=14, merge_size=2, temporal_patch_size=2,
+                                    size={"shortest_edge": 28 * 28 * 4, "longest_edge": 28 * 28 * 2048})
+    return OfflineQwen2VLProcessor(image_processor=imgp, tokenizer=tokenizer, chat_template=_QWEN_TEMPLATE)
+
+
+def build_qwen_folder(size: QwenSize, folder, seed: int = 0) -> Path:
+    """Write a random-weight Qwen2-VL of `size` (safetensors) and its tokenizer to `folder`."""
+    import torch
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    folder = Path(folder)
+    _quiet_transformers()
+    tok = _qwen_tokenizer()
+    ids = {t: tok.convert_tokens_to_ids(t) for t in _QWEN_SPECIALS}
+    hd = size.hidden // size.heads
+    half = hd // 2  # M-RoPE sections (temporal, height, width) must sum to head_dim / 2
+    t_sec = half // 4
+    h_sec = (half - t_sec) // 2
+    cfg = Qwen2VLConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=size.hidden, intermediate_size=size.intermediate,
+                         num_hidden_layers=size.layers, num_attention_heads=size.heads,
+                         num_key_value_heads=size.kv_heads, max_position_embeddings=4096,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                          "mrope_section": [t_sec, h_sec, half - t_sec - h_sec]},
+                         bos_token_id=None, eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]),
+        vision_config=dict(depth=size.vision_depth, embed_dim=size.vision_dim, hidden_size=size.hidden,
+                           num_heads=size.vision_heads, mlp_ratio=2, patch_size=14, spatial_merge_size=2,
+                           temporal_patch_size=2),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    torch.manual_seed(seed)
+    model = Qwen2VLForConditionalGeneration(cfg).eval()
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def _load_qwen_processor(folder):
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast.from_pretrained(str(folder), local_files_only=True)
+    tok.chat_template = _QWEN_TEMPLATE
+    return _qwen_processor(tok)
+
+
+def _strip_for(subject: str):
+    """The strip each model is measured on: a synthetic comic, at the size the model's prompt needs."""
+    from gazekit.comics import synthetic
+    from gazekit.regions import Strip
+
+    base = synthetic(1, seed=0)[0]
+    if subject == "organism":
+        return base
+    size = _QWEN_SIZES[subject]
+    panels = [base.panel(k).resize((size.panel_w, size.panel_h)) for k in range(1, 7)]
+    return Strip.from_panels(panels, captions=base.captions, height=size.panel_h)
+
+
+def _organism_missing() -> Optional[str]:
+    from gazekit import organism
+
+    path = Path(organism.WEIGHTS_DIR) / "model.safetensors"
+    if not path.exists():
+        return (f"organism weights not found at {path} (train them with `python -m gazekit.organism.train`); "
+                "skipped")
+    return None
+
+
+def _load_subject(subject: str, folder, device: str, dtype: str):
+    import torch
+
+    import gazekit
+
+    dt = getattr(torch, dtype)
+    if subject == "organism":
+        vlm = gazekit.load(dtype=dt)
+    else:
+        from transformers import Qwen2VLForConditionalGeneration
+
+        model = Qwen2VLForConditionalGeneration.from_pretrained(str(folder), dtype=dt, attn_implementation="sdpa",
+                                                                use_safetensors=True, local_files_only=True)
+        vlm = gazekit.load(model, _load_qwen_processor(folder))
+    vlm.model.to(device)
+    return vlm
+
+
+# -------------------------------------------------------------------------------------------------- measuring
+def _sync(device):
+    import torch
+
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _timed(fn: Callable, device):
+    _sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return out, time.perf_counter() - t0
+
+
+def _proc_status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+class _RSSPeak:
+    """Peak resident memory above the level at entry, for the current process (CPU)."""
+
+    def __enter__(self):
+        gc.collect()
+        with contextlib.suppress(Exception):  # return freed heap pages to the OS so they cannot hide new allocations
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        self._thread = None
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets the kernel's peak-RSS counter (VmHWM) to the current RSS
+            self.how = "VmHWM after clear_refs reset, minus VmRSS before"
+            self.base = _proc_status_kb("VmRSS") * 1024
+        except OSError:
+            import threading
+
+            import psutil
+
+            proc = psutil.Process()
+            self.base = proc.memory_info().rss
+            self.peak = self.base
+            self._stop = threading.Event()
+
+            def sample():
+                while not self._stop.is_set():
+                    self.peak = max(self.peak, proc.memory_info().rss)
+                    time.sleep(0.001)
+
+            self._thread = threading.Thread(target=sample, daemon=True)
+            self._thread.start()
+            self.how = "psutil RSS sampled every 1 ms, minus RSS before"
+        return self
+
+    def __exit__(self, *exc):
+        if self._thread is None:
+            self.extra = _proc_status_kb("VmHWM") * 1024 - self.base
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, __import__("psutil").Process().memory_info().rss)
+            self.extra = self.peak - self.base
+        return False
+
+
+def _peak_extra(fn: Callable, device):
+    """(result, extra peak bytes, seconds, how it was measured)."""
+    import torch
+
+    if str(device).startswith("cuda"):
+        gc.collect()
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        out, secs = _timed(fn, device)
+        return out, int(torch.cuda.max_memory_allocated() - base), secs, "torch.cuda.max_memory_allocated - before"
+    with _RSSPeak() as p:
+        out, secs = _timed(fn, device)
+    return out, int(p.extra), secs, p.how
+
+
+def _gazekit_matrix(vlm, strip) -> np.ndarray:
+    import gazekit
+
+    return gazekit.discover(vlm, [strip], progress=False).matrix
+
+
+def _set_impl(model, name: str):
+    model.set_attn_implementation(name)
+
+
+def _describe(vlm, subject, strip) -> dict:
+    from gazekit.regions import panel_question
+
+    prep = vlm.prepare(strip, panel_question(1))
+    return {"model": vlm.name if subject == "organism" else f"random-weight Qwen2VLForConditionalGeneration "
+                                                           f"({subject})",
+            "family": vlm.family, "n_layers": vlm.n_layers, "n_heads": vlm.n_heads,
+            "params_M": round(sum(p.numel() for p in vlm.model.parameters()) / 1e6, 2),
+            "prompt_tokens": prep.prompt_len, "image_tokens": int(prep.image_positions.numel()),
+            "strip_px": list(strip.image.size)}
+
+
+def _steer_heads(vlm, scores: np.ndarray) -> list:
+    """Top-k heads by gaze score: the model's recommended k, else ~9% of heads (the paper's 100 of 1152)."""
+    k = vlm.recommended_k or max(1, round(0.09 * vlm.n_layers * vlm.n_heads))
+    flat = np.argsort(-scores.ravel(), kind="stable")[:k]
+    return [(int(i) // vlm.n_heads, int(i) % vlm.n_heads) for i in flat]
+
+
+def _quiet_transformers():
+    with contextlib.suppress(Exception):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+
+
+def _worker(spec: dict) -> dict:
+    """One measurement job, run in a fresh process (or in-process with isolate=False)."""
+    import torch
+
+    _quiet_transformers()
+    torch.set_num_threads(spec["threads"])
+    device = spec["device"]
+    subject, task = spec["subject"], spec["task"]
+    if task == "quant":
+        return _quant_bytes(spec["folder"], device)
+    vlm = _load_subject(subject, spec.get("folder"), device, spec["dtype"])
+    strip = _strip_for(subject)
+    out = {"info": _describe(vlm, subject, strip)}
+    from gazekit._reference import reference_strip_matrix
+
+    with torch.no_grad():
+        if task == "reference":
+            _set_impl(vlm.model, "eager")  # the reference loads with attn_implementation="eager"
+            m, extra, secs, how = _peak_extra(lambda: reference_strip_matrix(vlm, strip), device)
+            out.update(matrix=m.tolist(), memory_bytes=extra, memory_how=how, first_run_s=secs)
+            return out
+        # task == "gazekit": memory first (fresh process), then every timing, alternating the two methods
+        m, extra, secs, how = _peak_extra(lambda: _gazekit_matrix(vlm, strip), device)
+        out.update(matrix=m.tolist(), memory_bytes=extra, memory_how=how, first_run_s=secs)
+        R = spec["repeats"]
+        ref_t, gk_t, diffs = [], [], []
+        for r in range(R):
+            order = ("ref", "gk") if r % 2 == 0 else ("gk", "ref")
+            res = {}
+            for which in order:
+                if which == "ref":
+                    _set_impl(vlm.model, "eager")
+                    res["ref"], t = _timed(lambda: reference_strip_matrix(vlm, strip), device)
+                    _set_impl(vlm.model, "sdpa")
+                    ref_t.append(t)
+                else:
+                    res["gk"], t = _timed(lambda: _gazekit_matrix(vlm, strip), device)
+                    gk_t.append(t)
+            diffs.append(float(np.abs(res["ref"] - res["gk"]).max()))
+            spec["tick"]()
+        out["discovery"] = {"reference_s": ref_t, "gazekit_s": gk_t, "same_process_diff": max(diffs)}
+
+        from gazekit.capture import capture_prepared
+        from gazekit.regions import panel_question
+
+        prep = vlm.prepare(strip, panel_question(1))
+        plain_t, cap_t = [], []
+        vlm.model(**prep, use_cache=False)  # warm-up of the plain path (the capture path ran during discovery)
+        for r in range(spec["capture_repeats"]):
+            order = ("plain", "cap") if r % 2 == 0 else ("cap", "plain")
+            for which in order:
+                if which == "plain":
+                    _, t = _timed(lambda: vlm.model(**prep, use_cache=False), device)
+                    plain_t.append(t)
+                else:
+                    _, t = _timed(lambda: capture_prepared(vlm, prep), device)
+                    cap_t.append(t)
+        out["capture"] = {"plain_s": plain_t, "capture_s": cap_t, "prompt_tokens": prep.prompt_len}
+        spec["tick"]()
+
+        import gazekit
+
+        heads = _steer_heads(vlm, np.einsum("lhkk->lh", m))
+        N = spec["gen_tokens"]
+        gen = dict(max_new_tokens=N, min_new_tokens=N)
+        prep = vlm.prepare(strip, gazekit.VQA_QUESTION)
+        un_t, st_t, lengths = [], [], set()
+        for r in range(spec["gen_repeats"]):
+            order = ("un", "st") if r % 2 == 0 else ("st", "un")
+            for which in order:
+                if which == "un":
+                    ids, t = _timed(lambda: vlm.generate(prep, **gen), device)
+                    un_t.append(t)
+                else:
+                    with gazekit.steer(vlm, heads, target=3):
+                        ids, t = _timed(lambda: vlm.generate(prep, **gen), device)
+                    st_t.append(t)
+                lengths.add(int(ids.shape[1]) - prep.prompt_len)
+        if lengths != {N}:
+            raise RuntimeError(f"generation lengths differ from {N}: {sorted(lengths)}")
+        out["steering"] = {"unsteered_s": un_t, "steered_s": st_t, "new_tokens": N, "heads": len(heads),
+                           "layers_touched": len({h[0] for h in heads}), "prompt_tokens": prep.prompt_len}
+        spec["tick"]()
+    return out
+
+
+def _quant_bytes(folder, device) -> dict:
+    """Bytes of the Linear layers bitsandbytes converts to NF4, against the same layers in fp16."""
+    import torch
+
+    import gazekit
+
+    vlm = gazekit.load(str(folder), _load_qwen_processor(folder), quantize="4bit", dtype=torch.float16)
+    import bitsandbytes as bnb
+
+    conv4 = conv16 = 0
+    n_conv = 0
+    seen = set()
+    for module in vlm.model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            w = module.weight
+            qs = w.quant_state
+            conv16 += int(math.prod(qs.shape)) * 2
+            b = w.numel() * w.element_size()  # packed 4-bit codes
+            for t in (qs.absmax, getattr(qs, "code", None)):
+                if t is not None:
+                    b += t.numel() * t.element_size()
+            if getattr(qs, "state2", None) is not None:  # nested quantisation of absmax
+                b += qs.state2.absmax.numel() * qs.state2.absmax.element_size()
+                b += qs.state2.code.numel() * qs.state2.code.element_size()
+            conv4 += b
+            n_conv += 1
+            seen.add(id(w))
+    whole4, whole16 = conv4, conv16
+    for p in list(vlm.model.parameters()) + list(vlm.model.buffers()):
+        if id(p) in seen:
+            continue
+        whole4 += p.numel() * p.element_size()
+        whole16 += p.numel() * 2 if torch.is_floating_point(p) else p.numel() * p.element_size()
+    return {"converted_layers": n_conv, "converted_fp16_bytes": conv16, "converted_4bit_bytes": conv4,
+            "model_fp16_bytes": whole16, "model_4bit_bytes": whole4,
+            "note": "4-bit bytes include the quantisation state (absmax, nested absmax, code books); vision tower "
+                    "and lm_head stay in fp16 (gazekit's default skip list)"}
+
+
+# ------------------------------------------------------------------------------------------ orchestration
+def _device_info(device: str, threads: int) -> dict:
+    import torch
+    import transformers
+
+    import gazekit
+
+    info = {"device": device, "torch_threads": threads, "cpu_count": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "transformers": transformers.__version__, "gazekit": gazekit.__version__,
+            "platform": platform.platform()}
+    cpu = platform.processor() or ""
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    info["cpu"] = cpu
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def _run_job(spec: dict, isolate: bool, workdir: Path) -> dict:
+    if not isolate:
+        return _worker(spec)
+    tick = spec.pop("tick")
+    path = workdir / f"{spec['subject']}-{spec['task']}.json"
+    spec = dict(spec, out=str(path))
+    spec_path = path.with_suffix(".spec.json")
+    spec_path.write_text(json.dumps(spec))
+    env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]), MKL_NUM_THREADS=str(spec["threads"]),
+               TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run([sys.executable, "-m", "gazekit.bench", "--_worker", str(spec_path)], env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark job {spec['subject']}/{spec['task']} failed (exit {proc.returncode}):\n"
+                           f"{proc.stderr[-4000:]}")
+    result = json.loads(path.read_text())
+    for _ in range(result.pop("ticks", 0)):
+        tick()
+    return result
+
+
+def _worker_main(spec_path: str):
+    spec = json.loads(Path(spec_path).read_text())
+    ticks = []
+    spec["tick"] = lambda: ticks.append(1)
+    result = _worker(spec)
+    result["ticks"] = len(ticks)
+    Path(spec["out"]).write_text(json.dumps(result))
+
+
+def _median(xs) -> float:
+    return float(np.median(xs))
+
+
+def _summarise(subject: str, ref: dict, gk: dict, quant: Optional[dict]) -> dict:
+    d = gk["discovery"]
+    ref_mat, gk_mat = np.array(ref["matrix"]), np.array(gk["matrix"])
+    res = {
+        "info": gk["info"],
+        "discovery_time": {"reference_s": _median(d["reference_s"]), "gazekit_s": _median(d["gazekit_s"]),
+                           "reference_runs_s": d["reference_s"], "gazekit_runs_s": d["gazekit_s"]},
+        "memory": {"reference_mb": ref["memory_bytes"] / 2**20, "gazekit_mb": gk["memory_bytes"] / 2**20,
+                   "how": gk["memory_how"] + " (each method in its own fresh process)"},
+        "score_diff": {"max_abs": max(float(np.abs(ref_mat - gk_mat).max()), d["same_process_diff"]),
+                       "max_score": float(np.abs(ref_mat).max())},
+        "capture_overhead": {"plain_s": _median(gk["capture"]["plain_s"]),
+                             "capture_s": _median(gk["capture"]["capture_s"]),
+                             "plain_runs_s": gk["capture"]["plain_s"], "capture_runs_s": gk["capture"]["capture_s"]},
+        "steering": {"unsteered_s": _median(gk["steering"]["unsteered_s"]),
+                     "steered_s": _median(gk["steering"]["steered_s"]),
+                     **{k: v for k, v in gk["steering"].items() if k not in ("unsteered_s", "steered_s")},
+                     "unsteered_runs_s": gk["steering"]["unsteered_s"], "steered_runs_s": gk["steering"]["steered_s"]},
+    }
+    r = res["discovery_time"]
+    r["ratio"] = r["reference_s"] / r["gazekit_s"]
+    r = res["memory"]
+    r["ratio"] = r["reference_mb"] / r["gazekit_mb"] if r["gazekit_mb"] > 0 else float("inf")
+    res["score_diff"]["ratio"] = res["score_diff"]["max_abs"]
+    r = res["capture_overhead"]
+    r["ratio"] = r["capture_s"] / r["plain_s"] - 1.0
+    r = res["steering"]
+    r["ratio"] = r["steered_s"] / r["unsteered_s"]
+    if quant is not None:
+        res["quant_bytes"] = dict(quant, ratio=quant["converted_4bit_bytes"] / quant["converted_fp16_bytes"],
+                                  model_ratio=quant["model_4bit_bytes"] / quant["model_fp16_bytes"])
+    for key, block in res.items():
+        if key in TARGETS:
+            kind, value = TARGETS[key]
+            if subject not in _TARGETS_ONLY_FOR.get(key, (subject,)):
+                block["target"], block["met"] = None, None
+                continue
+            block["target"] = f"{'>=' if kind == 'min' else '<='} {value:g}"
+            block["met"] = bool(block["ratio"] >= value if kind == "min" else block["ratio"] <= value)
+    return res
+
+
+def run(models: Sequence[str] = DEFAULT_MODELS, *, quick: bool = False, repeats: Optional[int] = None,
+        out: Optional[str] = "bench.json", threads: int = 1, device: Optional[str] = None, dtype: str = "float32",
+        gen_tokens: Optional[int] = None, isolate: bool = True, progress: bool = True, verbose: bool = True,
+        command: Optional[str] = None) -> dict:
+    """Run the benchmark; print the table (verbose) and write JSON to `out` (None: don't). Returns the results.
+
+    models: any of SUBJECTS. quick: fewer repeats and generated tokens. threads: torch threads in every job.
+    isolate: run each job in a fresh process (needed for CPU memory figures; False runs everything here)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    if isinstance(models, str):
+        models = [m.strip() for m in models.split(",") if m.strip()]
+    for m in models:
+        if m not in SUBJECTS:
+            raise ValueError(f"unknown benchmark model {m!r}; choose from {', '.join(SUBJECTS)}")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu")
+    torch.set_num_threads(threads)
+    R = repeats or (2 if quick else 3)
+    plan = dict(repeats=R, capture_repeats=max(3, R + (0 if quick else 2)), gen_repeats=R,
+                gen_tokens=gen_tokens or (16 if quick else 32))
+    results = {"device": _device_info(device, threads), "dtype": dtype, "quick": quick, **plan,
+               "command": command, "models": {}}
+    jobs = []
+    for m in models:
+        if m == "organism" and (why := _organism_missing()):
+            results["models"][m] = {"skipped": why}
+            if verbose:
+                print(f"[gazekit.bench] {m}: {why}", file=sys.stderr)
+            continue
+        jobs.append(m)
+    steps = sum((1 if m == "organism" else 3) + 1 + R + 2 for m in jobs)
+    bar = tqdm(total=steps, desc="gazekit.bench", unit="step", disable=not progress)
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="gazekit-bench-") as tmp:
+        tmp = Path(tmp)
+        try:
+            for m in jobs:
+                folder = None
+                if m != "organism":
+                    bar.set_postfix_str(f"{m}: building random weights")
+                    folder = build_qwen_folder(_QWEN_SIZES[m], tmp / m)
+                    bar.update(1)
+                base = dict(subject=m, folder=str(folder) if folder else None, device=device, dtype=dtype,
+                            threads=threads, tick=lambda: bar.update(1), **plan)
+                bar.set_postfix_str(f"{m}: reference recipe (fresh process)")
+                ref = _run_job(dict(base, task="reference"), isolate, tmp)
+                bar.update(1)
+                bar.set_postfix_str(f"{m}: gazekit + timings")
+                gk = _run_job(dict(base, task="gazekit"), isolate, tmp)
+                quant = None
+                if m != "organism":
+                    bar.set_postfix_str(f"{m}: 4-bit load")
+                    quant = _run_job(dict(base, task="quant"), isolate, tmp)
+                    bar.update(1)
+                results["models"][m] = _summarise(m, ref, gk, quant)
+        finally:
+            bar.close()
+    results["wall_s"] = time.perf_counter() - t_start
+    results["ratios"] = {m: {k: v["ratio"] for k, v in r.items() if isinstance(v, dict) and "ratio" in v}
+                         for m, r in results["models"].items() if "skipped" not in r}
+    results["all_targets_met"] = all(v.get("met") is not False for r in results["models"].values()
+                                     if "skipped" not in r for v in r.values() if isinstance(v, dict))
+    if verbose:
+        print(format_table(results))
+    if out:
+        Path(out).write_text(json.dumps(results, indent=1, default=_json_default))
+        if verbose:
+            print(f"[gazekit.bench] wrote {out}", file=sys.stderr)
+    return results
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    raise TypeError(type(o).__name__)
+
+
+def _fmt(x, unit=""):
+    if x is None:
+        return "—"
+    if isinstance(x, str):
+        return x
+    if abs(x) != 0 and (abs(x) < 1e-3 or abs(x) >= 1e5):
+        return f"{x:.1e}{unit}"
+    return f"{x:.3g}{unit}" if abs(x) < 100 else f"{x:.0f}{unit}"
+
+
+def format_table(results: dict) -> str:
+    """The results as a plain-text table: measure, reference, gazekit, ratio, target, met?"""
+    rows = [("model", "measure", "reference", "gazekit", "ratio", "target", "met?")]
+    for m, r in results["models"].items():
+        if "skipped" in r:
+            rows.append((m, "skipped", "", "", "", "", ""))
+            continue
+        met = lambda b: "—" if b.get("met") is None else ("yes" if b["met"] else "NO")  # noqa: E731
+        tgt = lambda b: b.get("target") or "(info)"  # noqa: E731
+        d = r["discovery_time"]
+        rows.append((m, "discovery time / strip", _fmt(d["reference_s"], " s"), _fmt(d["gazekit_s"], " s"),
+                     f"{d['ratio']:.2f}x", tgt(d), met(d)))
+        d = r["memory"]
+        rows.append((m, "extra peak memory", _fmt(d["reference_mb"], " MB"), _fmt(d["gazekit_mb"], " MB"),
+                     f"{d['ratio']:.2f}x", tgt(d), met(d)))
+        d = r["score_diff"]
+        rows.append((m, "max |score diff|", "", "", _fmt(d["max_abs"]), tgt(d), met(d)))
+        d = r["capture_overhead"]
+        rows.append((m, "capture vs plain sdpa fwd", _fmt(d["plain_s"], " s"), _fmt(d["capture_s"], " s"),
+                     f"{100 * d['ratio']:+.1f}%", tgt(d).replace("0.15", "15%"), met(d)))
+        d = r["steering"]
+        rows.append((m, f"steered gen ({d['new_tokens']} tok)", _fmt(d["unsteered_s"], " s"),
+                     _fmt(d["steered_s"], " s"), f"{d['ratio']:.2f}x", tgt(d), met(d)))
+        if "quant_bytes" in r:
+            d = r["quant_bytes"]
+            rows.append((m, "4-bit / fp16 converted", _fmt(d["converted_fp16_bytes"] / 2**20, " MB"),
+                         _fmt(d["converted_4bit_bytes"] / 2**20, " MB"), f"{d['ratio']:.3f}", tgt(d), met(d)))
+            rows.append((m, "4-bit / fp16 whole model", _fmt(d["model_fp16_bytes"] / 2**20, " MB"),
+                         _fmt(d["model_4bit_bytes"] / 2**20, " MB"), f"{d['model_ratio']:.3f}", "(info)", "—"))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    lines = [" | ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    dev = results["device"]
+    where = dev.get("gpu") or dev.get("cpu") or dev["device"]
+    head = (f"gazekit.bench on {where} ({dev['device']}, {dev['torch_threads']} torch thread(s)), {results['dtype']}, "
+            f"medians of {results['repeats']} repeat(s)" + (" [quick]" if results["quick"] else ""))
+    return head + "\n" + "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m gazekit.bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="fewer repeats (2) and 16 generated tokens")
+    p.add_argument("--repeats", type=int, default=None, help="timing repeats per measure (default 3, quick 2)")
+    p.add_argument("--out", default="bench.json", help="JSON file to write (default bench.json; '' for none)")
+    p.add_argument("--models", default=",".join(DEFAULT_MODELS), help=f"comma-separated, from {', '.join(SUBJECTS)}")
+    p.add_argument("--threads", type=int, default=1, help="torch threads in every job (default 1)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--dtype", default="float32", help="model dtype (default float32; the score target assumes it)")
+    p.add_argument("--gen-tokens", type=int, default=None, help="tokens per generation (default 32, quick 16)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--_worker", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a._worker:
+        _worker_main(a._worker)
+        return 0
+    res = run(a.models, quick=a.quick, repeats=a.repeats, out=a.out or None, threads=a.threads, device=a.device,
+              dtype=a.dtype, gen_tokens=a.gen_tokens, progress=not a.no_progress,
+              command="python -m gazekit.bench " + " ".join(sys.argv[1:] if argv is None else argv))
+    return 0 if res["all_targets_met"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
