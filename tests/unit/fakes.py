@@ -41,9 +41,10 @@ class FakeVLM:
         elif prompt.startswith("Look carefully"):
             k = ["first", "second", "third", "fourth", "fifth", "sixth"].index(prompt.split(" the ")[1].split()[0]) + 1
             caps = [item.captions[k - 1]]
-        else:
-            caps = [self._caption(item, getattr(item, "main_panel", 1))] if hasattr(item, "captions") else \
-                ["a photo"]
+        elif getattr(item, "captions", None):
+            caps = [self._caption(item, getattr(item, "main_panel", 1))]
+        else:  # a Scene: unsteered, the fake names its first box
+            caps = [f"a photo of a {item.names[0]}"]
         if self.state is None:
             return " . ".join(caps)
         heads, target = self.state

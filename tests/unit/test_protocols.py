@@ -1,0 +1,137 @@
+"""Protocols on a scripted fake VLM: dynamic schedules, boxes, k_sweep, results files."""
+import json
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fakes import FakeVLM, fake_scores, install_fake_steer  # noqa: E402
+
+from gazekit.evaluate import boxes, default_k, default_ks, dynamic, k_sweep, mentions, vqa  # noqa: E402
+from gazekit.evaluate.protocols import _Schedule, _segments, derangement  # noqa: E402
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    install_fake_steer(monkeypatch)
+    vlm = FakeVLM()
+    return vlm, fake_scores(vlm)
+
+
+@pytest.fixture(scope="module")
+def strips():
+    from gazekit.comics import synthetic
+    return synthetic(4, seed=5)
+
+
+def test_derangement_has_no_fixed_point_and_is_seeded():
+    seen = set()
+    for s in range(300):
+        p = derangement(6, random.Random(s))
+        assert sorted(p) == [1, 2, 3, 4, 5, 6] and all(p[i] != i + 1 for i in range(6))
+        seen.add(tuple(p))
+    assert derangement(6, random.Random(7)) == derangement(6, random.Random(7))
+    assert len(seen) > 150  # 265 derangements of 6 exist; 300 draws hit most of them
+
+
+def test_schedule_switches_by_steps_and_by_caption():
+    s = _Schedule([3, 1, 2], every=2)
+    assert [s(i, "x" * i) for i in range(7)] == [3, 3, 1, 1, 2, 2, None]
+    assert s.record == [[0, 3, 0], [2, 1, 2], [4, 2, 4], [6, None, 6]]
+    text = "aa bb cc dd"
+    assert _segments(text, [[0, 3, 0], [2, 1, 3], [4, 2, 6]], [3, 1, 2], 2) == ["aa", "bb", "cc dd"]
+    c = _Schedule([2, 1], every=None)
+    assert [c(0, ""), c(1, "red ball"), c(2, "red ball flies ."), c(3, "a . b ."), c(4, "a . b . c")] == \
+        [2, 2, 1, None, None]
+    assert _segments("red ball flies . blue dot . extra words", None, [2, 1], None) == ["red ball flies .",
+                                                                                        "blue dot ."]
+
+
+@pytest.mark.parametrize("every", [None, 4])  # caption switching; and every 4 steps = one 4-word fake caption
+def test_dynamic_on_fake(fake, strips, every):
+    vlm, scores = fake
+    res = dynamic(vlm, strips, scores, every=every, progress=False)
+    t = res.table
+    assert len(t) == len(strips) * 3 * 6
+    top = t[t.condition == "top"]
+    assert top["hit"].all()  # the idealised fake follows every switch
+    assert res.extra["top@k4"]["spearman_pooled"] == pytest.approx(1.0)
+    un = t[t.condition == "unsteered"]
+    assert not un["hit"].any()  # it narrates in order; a derangement never targets panel j at segment j
+    # unsteered: described panel j at segment j → pooled Spearman of (schedule, 1..6) over strips, by scipy directly
+    sched = [json.loads(s) for s in un.drop_duplicates("strip")["schedule"]]
+    expected = spearmanr(sum(sched, []), list(range(1, 7)) * len(sched)).statistic
+    assert res.extra["unsteered"]["spearman_pooled"] == pytest.approx(expected)
+    assert res.extra["random@k4"]["spearman_pooled"] == pytest.approx(expected)
+
+
+def test_mentions():
+    assert mentions("Two dogs play", "dog") and mentions("a bus", "bus") and mentions("buses", "bus")
+    assert mentions("The traffic lights are red", "traffic light")
+    assert not mentions("a category of things", "cat") and not mentions("a hotdog", "dog")
+    assert mentions("some puppies", "dog", synonyms=["puppy"])
+
+
+def test_boxes_on_fake(fake, strips):
+    from gazekit.regions import Scene
+    vlm, scores = fake
+    scenes = [Scene(s.image, dict(zip(s.captions, s.panel_boxes))) for s in strips]
+    res = boxes(vlm, scenes, scores, progress=False)
+    s = res.summary().set_index("condition")
+    assert s.loc["unsteered", "accuracy"] == pytest.approx(1 / 6)  # names only the first box
+    assert s.loc["top", "accuracy"] == 1.0 and s.loc["random", "accuracy"] == pytest.approx(1 / 6)
+    assert res.extra["top"]["lift"] == pytest.approx(6.0)
+    assert res.metric == "mentioned" and set(res.table["target"]) == set(sum((sc.names for sc in scenes), []))
+
+
+def test_k_sweep_and_default_k(fake, strips):
+    vlm, scores = fake
+    assert default_k(vlm) == 4
+    assert default_ks(vlm) == [1, 2, 4, 5, 10, 16]
+    res = k_sweep(vlm, strips[:2], scores, ks=[1, 2, 4], progress=False)
+    s = res.summary()
+    top = s[s.condition == "top"].set_index("k")["accuracy"]
+    # the fake needs 2 of its gaze heads: K=1 behaves like unsteered (hits the default panel only)
+    assert top[1] == pytest.approx(1 / 6) and top[2] == 1.0 and top[4] == 1.0
+    rnd = s[s.condition == "random"]
+    assert np.allclose(rnd["accuracy"], 1 / 6)
+
+
+class Bare:
+    name, n_layers, n_heads, recommended_k = "bare", 36, 32, None
+
+
+def test_default_k_scales_the_papers_k():
+    assert default_k(Bare()) == 100  # 1152 heads → the paper's K=100
+
+
+def test_results_save_plot_markdown(fake, strips, tmp_path):
+    vlm, scores = fake
+    res = vqa(vlm, strips[:2], scores, progress=False)
+    paths = res.save(tmp_path, stem="vqa")
+    for key in ("table", "summary", "by_panel", "config", "plot"):
+        assert Path(paths[key]).exists(), key
+    import pandas as pd
+    assert len(pd.read_csv(paths["table"])) == 2 * 6 * 4
+    md = res.to_markdown()
+    assert "| top (K=4) | 12 | 100.0% [100.0, 100.0]" in md
+    ax = res.plot(by="panel")
+    assert ax.get_xlabel() == "target panel"
+    by = res.by_panel()
+    assert set(by["target"]) == set(range(1, 7)) and (by[by.condition == "top"]["accuracy"] == 1.0).all()
+
+
+def test_errors(fake, strips):
+    vlm, scores = fake
+    with pytest.raises(ValueError, match="unknown condition"):
+        vqa(vlm, strips, scores, conditions=("top", "bogus"), progress=False)
+    with pytest.raises(ValueError, match="discover"):
+        vqa(vlm, strips, None, progress=False)
+    with pytest.raises(ValueError, match="1-based"):
+        vqa(vlm, strips, scores, targets=[0], progress=False)
+    res = vqa(vlm, strips[:1], None, conditions=("unsteered",), progress=False)  # no scores needed
+    assert len(res.table) == 6
