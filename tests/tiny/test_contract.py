@@ -25,7 +25,10 @@ from tests.fixtures import tiny_models as tm
 torch.set_num_threads(1)
 
 ORGANISM = "gazekit-organism"
-CASES = list(tm.FAMILIES) + [ORGANISM]
+# Gemma 3 again with a 48-key sliding window on layer 0: the last prompt token sees only the last image rows there,
+# and the decode cache keeps fewer keys than the sequence (biases and captured rows must be right-aligned).
+GEMMA3_SLIDING = "gemma3-sliding48"
+CASES = list(tm.FAMILIES) + [GEMMA3_SLIDING, ORGANISM]
 QUESTION = panel_question(3)
 ORACLE_TOL = 1e-5
 REF_TOL = 1e-5
@@ -40,6 +43,8 @@ def build_case(family):
 
         processor = ComicTileProcessor()
         return build_model(processor, seed=0).eval(), processor
+    if family == GEMMA3_SLIDING:
+        return tm.build("gemma3", sliding_window=48)
     return tm.build(family)
 
 
@@ -421,10 +426,11 @@ def test_4bit_load_captures_and_steers(family, tmp_path, oracle_log):
         vlm = gazekit.load(*load_organism(str(path), quantize="4bit"))
         strip = organism_strip()
     else:
-        tm.save_fixture(family, path)
-        vlm = gazekit.load(str(path), tm.load_processor(family, path), quantize="4bit")
+        fam, kw = ("gemma3", {"sliding_window": 48}) if family == GEMMA3_SLIDING else (family, {})
+        tm.save_fixture(fam, path, **kw)
+        vlm = gazekit.load(str(path), tm.load_processor(fam, path), quantize="4bit")
         strip = tm.make_strip()
-    assert vlm.family == family
+    assert vlm.family == family.split("-sliding")[0]
     linears = [m for m in vlm.adapter.language_model().modules() if isinstance(m, torch.nn.Linear)]
     assert linears and all(isinstance(m, bnb.nn.Linear4bit) for m in linears)
 
@@ -504,3 +510,22 @@ def test_regions_follow_the_pixels(family):
         assert set(base.regions[k].tolist()) <= changed, f"{family}: panel {k + 1} tokens whose pixels did not change"
         stray = {p for p in changed if p in region_of and abs(region_of[p] - k) > 1}
         assert not stray, f"{family}: repainting panel {k + 1} changed tokens of regions {sorted(region_of[p] + 1 for p in stray)}"
+
+
+def test_gemma3_sliding_case_really_slides():
+    """The sliding-window case above is only meaningful if layer 0 does cut keys: check it does."""
+    vlm = gazekit.load(*build_case(GEMMA3_SLIDING))
+    prep = vlm.prepare(tm.make_strip(), QUESTION)
+    S = prep.prompt_len
+    assert S > 48 + 20
+    oracle = oracle_capture(vlm, prep)
+    before = text_attn(vlm.model)
+    set_text_attn(vlm.model, "eager")
+    try:
+        with torch.no_grad():
+            att = vlm.model(**prep, output_attentions=True).attentions
+    finally:
+        set_text_attn(vlm.model, before)
+    assert att[0][0, :, -1, : S - 48].abs().max().item() == 0  # sliding layer: old keys are out of the window
+    assert att[1][0, :, -1, : S - 48].sum(-1).min().item() > 0.01  # full layer sees them
+    assert oracle[0].sum(-1).max() < oracle[1].sum(-1).min()  # so layer 0 sees less of the image
