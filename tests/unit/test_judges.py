@@ -251,3 +251,11 @@ def test_get_judge_defaults(strip):
         get_judge("gpt")
     f = lambda a, s, r=None: Verdict(1)  # noqa: E731
     assert get_judge(f) is f
+
+
+def test_llm_judge_sees_the_question(strip):
+    judge, client, _ = _judge(ClaudeJudge, [{"panel": 1, "junk": False, "reason": "r"}] * 2)
+    judge("red ball flies", strip)
+    assert "What is the main action" in json.dumps(client.requests[0]["messages"])  # default: the VQA question
+    judge("red ball flies", strip, question="What is happening in this panel of the comic strip?")
+    assert "this panel of the comic strip" in json.dumps(client.requests[1]["messages"])

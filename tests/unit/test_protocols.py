@@ -135,3 +135,41 @@ def test_errors(fake, strips):
         vqa(vlm, strips, scores, targets=[0], progress=False)
     res = vqa(vlm, strips[:1], None, conditions=("unsteered",), progress=False)  # no scores needed
     assert len(res.table) == 6
+
+
+def test_llm_judge_failures_are_recorded_never_hits_and_retried_on_resume(fake, strips, tmp_path):
+    """A judge outage: failed verdicts are logged, scored as misses, counted, and retried by the next run."""
+    from types import SimpleNamespace
+
+    from gazekit.judges import ClaudeJudge
+
+    class Outage(Exception):
+        status_code = 400  # not transient: no retry within the call
+
+    class Client:
+        def __init__(self, down):
+            self.down, self.n = down, 0
+            self.messages = SimpleNamespace(create=self.create)
+
+        def create(self, **kw):
+            self.n += 1
+            if self.down:
+                raise Outage("judge unavailable")
+            answer = json.dumps(kw["messages"])
+            strip = next(s for s in strips if any(c in answer for c in s.captions))
+            panel = next(i + 1 for i, c in enumerate(strip.captions) if c in answer)
+            return SimpleNamespace(content=[SimpleNamespace(type="tool_use",
+                                                            input={"panel": panel, "junk": False, "reason": ""})])
+
+    vlm, scores = fake
+    log = tmp_path / "run.jsonl"
+    down = ClaudeJudge(client=Client(down=True), sleep=lambda s: None)
+    res = vqa(vlm, strips[:2], scores, conditions=("unsteered", "top"), judge=down, log=log, progress=False)
+    assert res.table["failed"].all() and not res.table["hit"].any()
+    assert res.summary().set_index("condition").loc["top", "judge_failures"] == 12
+    calls = vlm.calls
+    up = ClaudeJudge(client=Client(down=False), sleep=lambda s: None)
+    res2 = vqa(vlm, strips[:2], scores, conditions=("unsteered", "top"), judge=up, log=log, progress=False)
+    assert vlm.calls == calls  # generations reused
+    assert up.client.n == 2 + 12  # every failed judgement retried once
+    assert not res2.table["failed"].any() and res2.accuracy("top") == 1.0
