@@ -529,3 +529,21 @@ def test_gemma3_sliding_case_really_slides():
     assert att[0][0, :, -1, : S - 48].abs().max().item() == 0  # sliding layer: old keys are out of the window
     assert att[1][0, :, -1, : S - 48].sum(-1).min().item() > 0.01  # full layer sees them
     assert oracle[0].sum(-1).max() < oracle[1].sum(-1).min()  # so layer 0 sees less of the image
+
+
+@pytest.mark.parametrize("family", tm.FAMILIES)
+def test_load_from_folder(family, tmp_path):
+    """gazekit.load(path): works where AutoProcessor rebuilds the processor offline; elsewhere (processors that want
+    a torchvision video processor) a clear error names the fix, and passing the processor works."""
+    path = tm.save_fixture(family, tmp_path / family)
+    strip = tm.make_strip()
+    model, processor = tm.build(family)
+    want = gazekit.capture(gazekit.load(model, processor), strip, QUESTION)
+    if family in ("llava", "idefics3", "gemma3"):
+        vlm = gazekit.load(str(path))
+    else:
+        with pytest.raises(ValueError, match=r"gazekit.load\(path, processor\)"):
+            gazekit.load(str(path))
+        vlm = gazekit.load(str(path), tm.load_processor(family, path))
+    assert vlm.family == family
+    assert np.abs(gazekit.capture(vlm, strip, QUESTION) - want).max() <= 1e-7
