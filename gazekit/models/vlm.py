@@ -332,7 +332,17 @@ def _load_embedded(quantize=None, dtype=None) -> VLM:
         from gazekit.organism import load_organism
     except ImportError as e:  # pragma: no cover - only while the organism package is missing
         raise RuntimeError("the embedded organism is not available in this install: " + str(e)) from e
-    model, processor = load_organism(quantize=quantize) if quantize else load_organism()
+    # the organism is a few local megabytes: a "Loading weights" progress bar is only noise (and volatile text in
+    # notebook outputs); restore the user's setting afterwards
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model, processor = load_organism(quantize=quantize) if quantize else load_organism()
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     if dtype is not None:
         model.to(_resolve_dtype(dtype, torch.device("cpu")))
     meta = {}
