@@ -73,3 +73,61 @@ def plot_trajectory(traj, weighted: bool = False, ax=None, title: Optional[str] 
     ax.figure.colorbar(im, ax=ax, fraction=0.03, pad=0.01)
     ax.figure.tight_layout()
     return ax.figure
+
+
+# ---------------------------------------------------------------------------------- tutorial helpers (issue 6)
+def plot_regions(prepared, ax=None, title: Optional[str] = None):
+    """The image with each image token drawn at its cell centre, coloured by the region (panel) it belongs to:
+    how gazekit maps panels onto the token grid. Tokens in no region (e.g. over padding) are grey crosses."""
+    import matplotlib.colors as mcolors
+
+    plt = _plt()
+    scene = prepared.scenes[0]
+    if ax is None:
+        W, H = scene.image.size
+        _, ax = plt.subplots(figsize=(min(12.0, 1.5 + 9.0 * W / max(W, 3 * H)), 2.8))
+    ax.imshow(np.asarray(scene.image), alpha=0.55)
+    pos = prepared.cells.positions.cpu().numpy()
+    centres = np.asarray(prepared.cells.centres)
+    owner = np.full(len(pos), -1)
+    for r, region in enumerate(prepared.regions):
+        owner[np.isin(pos, region.cpu().numpy())] = r
+    palette = list(mcolors.TABLEAU_COLORS.values())
+    for r in range(len(prepared.regions)):
+        c = centres[owner == r]
+        ax.scatter(c[:, 0], c[:, 1], s=28, color=palette[r % len(palette)], edgecolor="black", lw=0.4,
+                   label=str(scene.names[r]))
+    none = centres[owner < 0]
+    if len(none):
+        ax.scatter(none[:, 0], none[:, 1], s=14, marker="x", color="0.5", label="no region")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(ncol=len(prepared.regions) + 1, fontsize=7, frameon=False, loc="upper center",
+              bbox_to_anchor=(0.5, 0.0), title="region of each image token", title_fontsize=7)
+    ax.set_title(title or f"{len(pos)} image tokens, {len(prepared.regions)} regions", fontsize=10)
+    return ax.figure
+
+
+def plot_capture(attention, region_names=None, title: Optional[str] = None, vmax: Optional[float] = None):
+    """`gazekit.capture` output [layers, heads, regions] as one heatmap per layer (rows = heads, columns =
+    regions, 1-based names), on one colour scale."""
+    import seaborn as sns
+
+    plt = _plt()
+    a = np.asarray(attention)
+    L, H, R = a.shape
+    names = [str(n) for n in (region_names or range(1, R + 1))]
+    fig, axes = plt.subplots(1, L, figsize=(1.2 + 0.45 * R * L + 0.6 * L, 0.9 + 0.2 * H), squeeze=False)
+    vmax = float(vmax if vmax is not None else max(a.max(), 1e-9))
+    for l, ax in enumerate(axes[0]):
+        sns.heatmap(a[l], ax=ax, cmap="viridis", vmin=0, vmax=vmax, cbar=l == L - 1, xticklabels=names,
+                    yticklabels=[str(h) for h in range(H)] if l == 0 else False,
+                    cbar_kws={"label": "attention mass"} if l == L - 1 else None)
+        ax.set_title(f"layer {l}", fontsize=9)
+        ax.set_xlabel("region")
+        if l == 0:
+            ax.set_ylabel("head")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

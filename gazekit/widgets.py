@@ -386,12 +386,12 @@ class TargetPicker(_Widget):
                                                        else " — not the target")
                 lines.append(f"judge: describes panel {self.verdict.panel}{mark}")
         self._set_text(lines)
-        self._draw(self._plot(), f"target {self.target}")
+        self._draw(self._plot(what), f"target {self.target}")
 
     def _name(self, target):
         return f"panel {target}" if isinstance(target, int) else repr(target)
 
-    def _plot(self):
+    def _plot(self, what):
         scene = self.strip
         idx = None if self.target is None else scene.region_index(self.target)
         W, H = scene.image.size
@@ -411,7 +411,7 @@ class TargetPicker(_Widget):
         ax.set_xticks(x, scene.names)
         ax.set_ylim(0, 1)
         ax.set_ylabel("attention", fontsize=8)
-        ax.set_title("the steered heads' mean attention on each region (last prompt token)", fontsize=8)
+        ax.set_title(f"{what}: mean attention on each region (last prompt token)", fontsize=8)
         fig.tight_layout()
         return fig
 
