@@ -101,9 +101,10 @@ def _steering(p: argparse.ArgumentParser, *, tokens: Optional[int], conditions: 
 
 def _judge(p: argparse.ArgumentParser):
     g = p.add_argument_group("judge")
-    g.add_argument("--judge", default=None, choices=["caption", "semantic", "claude", "openai"],
-                   help="who decides which panel an answer describes (default: caption matcher for strips with "
-                        "captions, else the offline semantic judge)")
+    g.add_argument("--judge", default=None, choices=["caption", "exact", "semantic", "claude", "openai"],
+                   help="who decides which panel an answer describes (default: the lexical caption matcher for "
+                        "strips with captions, else the offline semantic judge; 'exact' demands the answer be one "
+                        "caption - use it for synthetic strips, whose captions differ by one word)")
     g.add_argument("--judge-model", default=None, help="model name for the claude/openai judges")
 
 

@@ -133,13 +133,17 @@ class CaptionJudge:
        2|A∩C| / (|A| + |C|); the best panel wins if its overlap is >= `min_overlap` and beats the runner-up by
        >= `margin`. Dice rather than recall so that a long answer listing everything does not match every caption.
     3. Otherwise junk.
+
+    ``exact=True`` (the judge named "exact") keeps only step 1 with equality: the answer must BE one caption.
+    Use it where captions differ by a single word (the synthetic strips' "red ball flies" vs "red dot flies"):
+    there a lexical overlap of 2/3 would count a wrong object word as a hit.
     """
 
-    name = "caption"
     needs_references = True  # per-panel texts: captions, or the model's own panel answers
 
-    def __init__(self, min_overlap: float = 0.5, margin: float = 0.15):
-        self.min_overlap, self.margin = float(min_overlap), float(margin)
+    def __init__(self, min_overlap: float = 0.5, margin: float = 0.15, exact: bool = False):
+        self.min_overlap, self.margin, self.exact = float(min_overlap), float(margin), bool(exact)
+        self.name = "exact" if exact else "caption"
 
     def __call__(self, answer: str, strip=None, references=None) -> Verdict:
         refs = _references(strip, references)
@@ -151,9 +155,11 @@ class CaptionJudge:
         if len(inside) >= 2:  # narrates several panels: a summary, not one panel
             return Verdict(None, junk=True, reason="ambiguous: the answer contains the captions of panels "
                                                    + ", ".join(str(i + 1) for i in inside))
-        exact = [i for i in inside if a == normed[i] or a.startswith(normed[i] + " ")]
+        exact = [i for i in inside if a == normed[i] or (not self.exact and a.startswith(normed[i] + " "))]
         if len(exact) == 1:
             return Verdict(exact[0] + 1, reason=f"exact match to caption {exact[0] + 1}: {refs[exact[0]]!r}")
+        if self.exact:
+            return Verdict(None, junk=True, reason="not exactly one of the captions")
         A = set(words(a)) - STOPWORDS
         if not A:
             return Verdict(None, junk=True, reason="answer has no content words")
@@ -407,11 +413,12 @@ class OpenAIJudge(_LLMJudge):
             return Verdict(None, failed=True, reason=f"unreadable judge reply: {type(e).__name__}: {e}"[:500])
 
 
-JUDGES = {"caption": CaptionJudge, "semantic": SemanticJudge, "claude": ClaudeJudge, "openai": OpenAIJudge}
+JUDGES = {"caption": CaptionJudge, "exact": lambda: CaptionJudge(exact=True), "semantic": SemanticJudge,
+          "claude": ClaudeJudge, "openai": OpenAIJudge}
 
 
 def get_judge(judge, strips=None):
-    """A judge from a name ('caption', 'semantic', 'claude', 'openai'), an instance, or None.
+    """A judge from a name ('caption', 'exact', 'semantic', 'claude', 'openai'), an instance, or None.
 
     None picks the default: the caption matcher when every strip has captions, else the semantic judge."""
     if judge is None:

@@ -259,3 +259,14 @@ def test_llm_judge_sees_the_question(strip):
     assert "What is the main action" in json.dumps(client.requests[0]["messages"])  # default: the VQA question
     judge("red ball flies", strip, question="What is happening in this panel of the comic strip?")
     assert "this panel of the comic strip" in json.dumps(client.requests[1]["messages"])
+
+
+def test_exact_judge_rejects_near_misses(strip):
+    exact = get_judge("exact")
+    assert exact.name == "exact"
+    assert exact("Red ball RUNS.", strip).panel == 2
+    # one wrong word: the lexical matcher accepts it (2 of 3 words), the exact judge calls it junk
+    assert CaptionJudge()("blue ball swims", strip).panel == 3
+    v = exact("blue ball swims", strip)
+    assert v.junk and "not exactly" in v.reason
+    assert exact("yellow sun sleeps . blue dot", strip).junk  # a caption plus more is not exactly one caption
