@@ -78,9 +78,9 @@ def _steering(p: argparse.ArgumentParser, *, tokens: Optional[int], conditions: 
     g = p.add_argument_group("steering")
     g.add_argument("--heads", default=None, help="ranking JSON from `discover` (default: OUT/ranking.json; if "
                                                  "missing, discovery runs first on --discover-strips and writes it)")
-    g.add_argument("--discover-strips", default="synthetic:100:1000",
-                   help="strips for discovery when no ranking exists (default synthetic:100:1000, disjoint from "
-                        "the evaluation strips' seed)")
+    g.add_argument("--discover-strips", default="synthetic:100:100",
+                   help="strips for discovery when no ranking exists (default synthetic:100:100: the organism's "
+                        "discovery split, disjoint from the evaluation strips)")
     if k:
         g.add_argument("--k", type=int, default=None, help="number of gaze heads to steer (default: the model's "
                                                          "recommended K, else 100/1152 of its heads as in the paper)")
@@ -117,19 +117,19 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Gaze scores of every head from the six panel questions on comic strips; writes "
                                    "the reference ranking JSON (list of {layer, head, score}, best first), a sidecar "
                                    "with the 6x6 matrices and a plot.")
-    _common(d, strips_default="synthetic:100:1000")
+    _common(d, strips_default="synthetic:100:100")
 
     v = sub.add_parser("vqa", help="VQA steering: does the answer describe the target panel?",
                        description="The paper's main experiment: the whole-strip question, each panel as target, "
                                    "15 tokens; accuracy per condition with 95% bootstrap CIs.")
-    _common(v, strips_default="synthetic:500:0")
+    _common(v, strips_default="synthetic:500:2000")
     _steering(v, tokens=15, conditions="unsteered,top,random,all")
     _judge(v)
 
     n = sub.add_parser("narration", help="static narration steering with the ambiguous prompt",
                        description="Static narration: 'What is happening in this panel of the comic strip?', "
                                    "~100 tokens, one target per answer.")
-    _common(n, strips_default="synthetic:500:0")
+    _common(n, strips_default="synthetic:500:2000")
     _steering(n, tokens=100, conditions="unsteered,top,random,all")
     _judge(n)
 
@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="The target walks along a seeded derangement of the panels while the model "
                                     "narrates panel by panel; per-segment accuracy and the Spearman correlation "
                                     "between scheduled and described panels.")
-    _common(dy, strips_default="synthetic:500:0")
+    _common(dy, strips_default="synthetic:500:2000")
     _steering(dy, tokens=None, conditions="unsteered,top,random")
     dy.add_argument("--every", default="50", help="switch target every N decode steps (default 50, the paper), or "
                                                   "'caption' to switch after each caption/sentence")
@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sweep", help="VQA accuracy against the number of heads K",
                        description="k_sweep: top-K (and size-matched random) steering for several K.")
-    _common(s, strips_default="synthetic:500:0")
+    _common(s, strips_default="synthetic:500:2000")
     _steering(s, tokens=15, conditions="unsteered,top,random", k=False)
     s.add_argument("--ks", default=None, help="comma-separated K values (default 1,2,5,10,20,50,100,... up to half "
                                               "the heads)")
@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("boxes", help="steer toward named boxes in natural images (COCO)",
                        description="Mention rate of the boxed object's name with and without steering.")
-    _common(b, strips_default="synthetic:100:1000")
+    _common(b, strips_default="synthetic:500:2000")
     _steering(b, tokens=30, conditions="unsteered,top,random")
     b.add_argument("--coco-annotations", default=None, help="COCO instances_*.json")
     b.add_argument("--coco-images", default=None, help="folder of the annotated images")
