@@ -95,6 +95,9 @@ def _steering(p: argparse.ArgumentParser, *, tokens: Optional[int], conditions: 
     if tokens is not None:
         g.add_argument("--max-new-tokens", type=int, default=tokens, help=f"tokens to generate (default {tokens})")
     g.add_argument("--prompt", default=None, help="override the protocol's prompt")
+    g.add_argument("--batch-size", type=int, default=8,
+                   help="strips of one image size generated per batch (default 8; 1 = one at a time; dynamic and "
+                        "boxes always go one at a time)")
     g.add_argument("--shard", default=None, help="run only shard i of n ('i/n', 0 <= i < n) with its own log; "
                                                  "rerun without --shard afterwards to merge all shards")
 
@@ -253,11 +256,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         judge = _judge_obj(a)
         if a.command == "vqa":
             kw = {"question": a.prompt} if a.prompt else {}
-            res = ev.vqa(vlm, strips, scores, k=a.k, judge=judge, max_new_tokens=a.max_new_tokens, **common, **kw)
+            res = ev.vqa(vlm, strips, scores, k=a.k, judge=judge, max_new_tokens=a.max_new_tokens,
+                         batch_size=a.batch_size, **common, **kw)
         elif a.command == "narration":
             kw = {"prompt": a.prompt} if a.prompt else {}
             res = ev.narration(vlm, strips, scores, k=a.k, judge=judge, max_new_tokens=a.max_new_tokens,
-                               **common, **kw)
+                               batch_size=a.batch_size, **common, **kw)
         elif a.command == "dynamic":
             every = None if a.every == "caption" else int(a.every)
             kw = {"prompt": a.prompt} if a.prompt else {}
@@ -266,7 +270,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         elif a.command == "sweep":
             ks = [int(x) for x in a.ks.split(",")] if a.ks else None
             kw = {"question": a.prompt} if a.prompt else {}
-            res = ev.k_sweep(vlm, strips, scores, ks, judge=judge, max_new_tokens=a.max_new_tokens, **common, **kw)
+            res = ev.k_sweep(vlm, strips, scores, ks, judge=judge, max_new_tokens=a.max_new_tokens,
+                             batch_size=a.batch_size, **common, **kw)
         else:  # pragma: no cover - argparse rejects unknown commands
             raise SystemExit(f"unknown command {a.command}")
         _finish(res, a, out, "sweep" if a.command == "sweep" else a.command)

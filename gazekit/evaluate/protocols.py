@@ -169,13 +169,66 @@ class _Runner:
                 answer = self.vlm.ask(item, prompt, max_new_tokens=max_new_tokens)
             if hasattr(st, "record"):
                 extra["switches"] = st.record
-        row = {"key": key, "kind": "generation", **meta, "condition": arm.condition, "k": arm.k,
-               "n_heads": arm.n_heads, "percentile_used": arm.percentile_used, "target": target,
-               "prompt": prompt, "max_new_tokens": max_new_tokens, "model": self.model, "answer": answer,
-               "spec": self.spec(arm, target), "seconds": round(time.perf_counter() - t0, 4), **extra}
+        row = self._row(key, meta, arm, target, prompt, max_new_tokens, answer, time.perf_counter() - t0, extra)
         self.log.append(row)
         self.pbar.update(1)
         return row
+
+    def _row(self, key, meta, arm, target, prompt, max_new_tokens, answer, seconds, extra=None) -> dict:
+        return {"key": key, "kind": "generation", **meta, "condition": arm.condition, "k": arm.k,
+                "n_heads": arm.n_heads, "percentile_used": arm.percentile_used, "target": target,
+                "prompt": prompt, "max_new_tokens": max_new_tokens, "model": self.model, "answer": answer,
+                "spec": self.spec(arm, target), "seconds": round(seconds, 4), **(extra or {})}
+
+    def generate_many(self, jobs: list, arm: "Arm", target, prompt: str, max_new_tokens: int,
+                      batch_size: int) -> dict:
+        """Generate (key, item, meta) jobs that share one condition, target and prompt, `batch_size` items per
+        `vlm.ask_batch` call where the items share an image size (one token layout); each answer is logged as
+        soon as its batch returns. A batch the model cannot take as one (different layouts) is run item by item.
+        Returns {key: row}."""
+        out, todo = {}, []
+        for key, item, meta in jobs:
+            if self.log.done(key):
+                out[key] = self.log.get(key)
+                self.pbar.update(1)
+            else:
+                todo.append((key, item, meta))
+        if batch_size <= 1 or not hasattr(self.vlm, "ask_batch"):
+            for key, item, meta in todo:
+                out[key] = self.generate(key, item, prompt, arm, target, max_new_tokens, meta)
+            return out
+        groups: dict = {}
+        for job in todo:  # same image size → same token layout, so ask_batch can take them together
+            groups.setdefault(getattr(job[1].image, "size", None), []).append(job)
+        for group in groups.values():
+            for c in range(0, len(group), batch_size):
+                chunk = group[c:c + batch_size]
+                if len(chunk) == 1:
+                    key, item, meta = chunk[0]
+                    out[key] = self.generate(key, item, prompt, arm, target, max_new_tokens, meta)
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    answers = self._ask_batch([j[1] for j in chunk], prompt, arm, target, max_new_tokens)
+                except ValueError:  # layouts differ after all: one at a time
+                    for key, item, meta in chunk:
+                        out[key] = self.generate(key, item, prompt, arm, target, max_new_tokens, meta)
+                    continue
+                per = (time.perf_counter() - t0) / len(chunk)
+                for (key, item, meta), answer in zip(chunk, answers):
+                    row = self._row(key, {**meta, "batch": len(chunk)}, arm, target, prompt, max_new_tokens,
+                                    answer, per)
+                    self.log.append(row)
+                    self.pbar.update(1)
+                    out[key] = row
+        return out
+
+    def _ask_batch(self, items, prompt, arm, target, max_new_tokens):
+        if arm.heads is None:
+            return self.vlm.ask_batch(items, [prompt] * len(items), max_new_tokens=max_new_tokens)
+        heads = arm.heads if isinstance(arm.heads, str) else list(arm.heads)
+        with _steer(self.vlm, heads, target, mode=self.mode, strength=self.strength, phase=self.phase):
+            return self.vlm.ask_batch(items, [prompt] * len(items), max_new_tokens=max_new_tokens)
 
     def verdict(self, gen_key: str, answer: str, item, references=None, suffix: str = "",
                 question: Optional[str] = None) -> Verdict:
@@ -197,12 +250,16 @@ def _needs_references(judge, strip) -> bool:
     return getattr(strip, "captions", None) is None and getattr(judge, "needs_references", False)
 
 
+def _ref_key(runner: "_Runner", sid: str, k: int) -> str:
+    return f"ref|{sid}|p{k}|" + _digest(model=runner.model, prompt=panel_question(k), tokens=REFERENCE_TOKENS)
+
+
 def _references(runner: _Runner, strip, sid: str, meta: dict) -> Optional[list[str]]:
     """The model's own unsteered answers to the six panel questions (semantic judge on caption-less strips)."""
     refs = []
     for k in range(1, N_PANELS + 1):
         q = panel_question(k)
-        key = f"ref|{sid}|p{k}|" + _digest(model=runner.model, prompt=q, tokens=REFERENCE_TOKENS)
+        key = _ref_key(runner, sid, k)
         row = runner.generate(key, strip, q, Arm("unsteered", None, None), k, REFERENCE_TOKENS,
                               {**meta, "role": "reference"})
         refs.append(row["answer"])
@@ -345,7 +402,7 @@ def _frame(rows):
 
 # -------------------------------------------------------------------------------------------- static protocols
 def _static(protocol, vlm, strips, scores, arms, *, prompt, judge, log, shard, max_new_tokens, seed, progress,
-            mode, strength, phase, targets, baseline_threshold=0.85) -> Results:
+            mode, strength, phase, targets, batch_size=8, baseline_threshold=0.85) -> Results:
     strips = list(strips)
     if not strips:
         raise ValueError(f"{protocol} needs at least one strip, e.g. gazekit.comics.synthetic(20, seed=0)")
@@ -359,30 +416,54 @@ def _static(protocol, vlm, strips, scores, arms, *, prompt, judge, log, shard, m
     mine = [(i, s) for i, s in enumerate(strips) if in_shard(i, shard)]
     steered = [a for a in arms if a.heads is not None]
     per_strip = 1 + len(steered) * len(targets)
-    per_strip += N_PANELS if any(_needs_references(judge, s) for _, s in mine[:1]) else 0
+    per_strip += N_PANELS if any(_needs_references(judge, s) for _, s in mine) else 0
     pbar = _tqdm(len(mine) * per_strip, protocol, progress)
     run = _Runner(vlm, log, judge, mode=mode, strength=strength, phase=phase, pbar=pbar)
     unsteered_arm = Arm("unsteered", None, None)
     rows = []
+    ids = {idx: _item_id(strip) for idx, strip in mine}
+    metas = {idx: {"protocol": protocol, "strip": ids[idx], "strip_index": idx} for idx, _ in mine}
+
+    def gen_key(arm, idx, t):
+        if arm.heads is None:
+            return f"gen|{protocol}|unsteered|{ids[idx]}|" + _digest(model=run.model, prompt=prompt, t=max_new_tokens)
+        return (f"gen|{protocol}|{arm.condition}|k{arm.k}|{ids[idx]}|t{t}|"
+                + _digest(model=run.model, prompt=prompt, t=max_new_tokens, heads=_heads_json(arm.heads),
+                          mode=mode, strength=float(strength), phase=phase))
+
     try:
+        # generation first, condition by condition and target by target, batched across strips
+        need_refs = [(i, s) for i, s in mine if _needs_references(judge, s)]
+        refs = {}
+        for k in range(1, N_PANELS + 1) if need_refs else ():
+            q = panel_question(k)
+            jobs = [(_ref_key(run, ids[i], k), s, {**metas[i], "role": "reference"}) for i, s in need_refs]
+            got = run.generate_many(jobs, unsteered_arm, k, q, REFERENCE_TOKENS, batch_size)
+            for (key, _, _), (i, _) in zip(jobs, need_refs):
+                refs.setdefault(i, []).append(got[key]["answer"])
+        gens = run.generate_many([(gen_key(unsteered_arm, i, None), s, metas[i]) for i, s in mine],
+                                 unsteered_arm, None, prompt, max_new_tokens, batch_size)
+        for arm in arms:
+            if arm.heads is None:
+                continue
+            for t in targets:
+                gens.update(run.generate_many([(gen_key(arm, i, t), s, metas[i]) for i, s in mine],
+                                              arm, t, prompt, max_new_tokens, batch_size))
+        # then judging, strip by strip (the unsteered answer first: it defines the default panel)
         for idx, strip in mine:
-            sid = _item_id(strip)
-            meta = {"protocol": protocol, "strip": sid, "strip_index": idx}
-            refs = _references(run, strip, sid, meta) if _needs_references(judge, strip) else None
-            ukey = f"gen|{protocol}|unsteered|{sid}|" + _digest(model=run.model, prompt=prompt, t=max_new_tokens)
-            u = run.generate(ukey, strip, prompt, unsteered_arm, None, max_new_tokens, meta)
-            uv = run.verdict(ukey, u["answer"], strip, refs, question=prompt)
+            sid, r = ids[idx], refs.get(idx)
+            ukey = gen_key(unsteered_arm, idx, None)
+            u = gens[ukey]
+            uv = run.verdict(ukey, u["answer"], strip, r, question=prompt)
             default = uv.panel if not (uv.junk or uv.failed) else None
             for arm in arms:
                 for t in targets:
                     if arm.heads is None:
                         g, v, gkey = u, uv, ukey
                     else:
-                        gkey = (f"gen|{protocol}|{arm.condition}|k{arm.k}|{sid}|t{t}|"
-                                + _digest(model=run.model, prompt=prompt, t=max_new_tokens, heads=_heads_json(arm.heads),
-                                          mode=mode, strength=float(strength), phase=phase))
-                        g = run.generate(gkey, strip, prompt, arm, t, max_new_tokens, meta)
-                        v = run.verdict(gkey, g["answer"], strip, refs, question=prompt)
+                        gkey = gen_key(arm, idx, t)
+                        g = gens[gkey]
+                        v = run.verdict(gkey, g["answer"], strip, r, question=prompt)
                     nondefault = t != default
                     copy = nondefault and is_baseline_copy(g["answer"], u["answer"], baseline_threshold)
                     rows.append({
@@ -408,26 +489,29 @@ def _static(protocol, vlm, strips, scores, arms, *, prompt, judge, log, shard, m
 def vqa(vlm, strips, scores, *, k: Optional[int] = None, conditions: Sequence[str] = CONDITIONS, judge=None,
         log=None, shard=None, max_new_tokens: int = 15, seed: int = 0, progress: bool = True,
         mode: str = "boost_suppress", strength: float = 1e4, phase: str = "all",
-        targets: Sequence[int] = range(1, N_PANELS + 1), question: str = VQA_QUESTION) -> Results:
+        targets: Sequence[int] = range(1, N_PANELS + 1), question: str = VQA_QUESTION,
+        batch_size: int = 8) -> Results:
     """VQA steering (the paper's main experiment): ask the whole-strip question with every panel as steering
     target, 15 new tokens, and measure how often the answer describes the target panel.
 
     vlm: a `gazekit.VLM`; strips: `Strip`s; scores: `GazeScores` (from `gazekit.discover`); k: number of heads
     (default `default_k(vlm)`); conditions: any of ("unsteered", "top", "random", "all"); judge: a name
     ("caption", "semantic", "claude", "openai"), a callable or None (default: see module doc); log: a JSONL path
-    (or RunLog) to record and resume; shard: (i, n) to run every n-th strip from i.
+    (or RunLog) to record and resume; shard: (i, n) to run every n-th strip from i; batch_size: strips of one
+    image size generated together per `vlm.ask_batch` call (1 = one at a time).
     Chance is 1/6. Returns `Results`."""
     k = default_k(vlm) if k is None else int(k)
     arms = _make_arms(vlm, scores, conditions, [k], seed)
     return _static("vqa", vlm, strips, scores, arms, prompt=question, judge=judge, log=log, shard=shard,
                    max_new_tokens=max_new_tokens, seed=seed, progress=progress, mode=mode, strength=strength,
-                   phase=phase, targets=targets)
+                   phase=phase, targets=targets, batch_size=batch_size)
 
 
 def narration(vlm, strips, scores, *, k: Optional[int] = None, conditions: Sequence[str] = CONDITIONS,
               judge=None, log=None, shard=None, max_new_tokens: int = 100, seed: int = 0, progress: bool = True,
               mode: str = "boost_suppress", strength: float = 1e4, phase: str = "all",
-              targets: Sequence[int] = range(1, N_PANELS + 1), prompt: str = NARRATION_PROMPT) -> Results:
+              targets: Sequence[int] = range(1, N_PANELS + 1), prompt: str = NARRATION_PROMPT,
+              batch_size: int = 8) -> Results:
     """Static narration steering: the ambiguous prompt "What is happening in this panel of the comic strip?"
     (unsteered models describe panel 1 or summarise), ~100 new tokens, one target panel for the whole answer.
     Same arguments and scoring as `vqa`."""
@@ -435,7 +519,7 @@ def narration(vlm, strips, scores, *, k: Optional[int] = None, conditions: Seque
     arms = _make_arms(vlm, scores, conditions, [k], seed)
     return _static("narration", vlm, strips, scores, arms, prompt=prompt, judge=judge, log=log, shard=shard,
                    max_new_tokens=max_new_tokens, seed=seed, progress=progress, mode=mode, strength=strength,
-                   phase=phase, targets=targets)
+                   phase=phase, targets=targets, batch_size=batch_size)
 
 
 def default_ks(vlm) -> list[int]:
@@ -451,7 +535,7 @@ def k_sweep(vlm, strips, scores, ks: Optional[Sequence[int]] = None, *,
             conditions: Sequence[str] = ("unsteered", "top", "random"), judge=None, log=None, shard=None,
             max_new_tokens: int = 15, seed: int = 0, progress: bool = True, mode: str = "boost_suppress",
             strength: float = 1e4, phase: str = "all", targets: Sequence[int] = range(1, N_PANELS + 1),
-            question: str = VQA_QUESTION) -> Results:
+            question: str = VQA_QUESTION, batch_size: int = 8) -> Results:
     """VQA steering accuracy as a function of the number of heads K (paper: ~36% at K=5, 83% at K=100, lower
     again for much larger K). Runs the top-K (and random) condition for every K in `ks` (default `default_ks`),
     plus the unsteered baseline once. `.plot()` draws accuracy against K."""
@@ -459,7 +543,7 @@ def k_sweep(vlm, strips, scores, ks: Optional[Sequence[int]] = None, *,
     arms = _make_arms(vlm, scores, conditions, ks, seed)
     res = _static("k_sweep", vlm, strips, scores, arms, prompt=question, judge=judge, log=log, shard=shard,
                   max_new_tokens=max_new_tokens, seed=seed, progress=progress, mode=mode, strength=strength,
-                  phase=phase, targets=targets)
+                  phase=phase, targets=targets, batch_size=batch_size)
     res.config["ks"] = ks
     return res
 

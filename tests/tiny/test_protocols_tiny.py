@@ -83,3 +83,12 @@ def test_boxes_on_a_scene(setup):
     scene = Scene(s.image, {"left": s.panel_boxes[0], "right": s.panel_boxes[5]})
     res = boxes(vlm, [scene], scores, k=2, max_new_tokens=3, progress=False)
     assert len(res.table) == 3 * 2 and set(res.table["target"]) == {"left", "right"}
+
+
+def test_batched_equals_single_through_the_real_core(setup):
+    vlm, strips, scores = setup
+    kw = dict(k=2, judge=judge, conditions=("unsteered", "top"), max_new_tokens=4, progress=False)
+    one = vqa(vlm, strips, scores, batch_size=1, **kw)
+    two = vqa(vlm, strips, scores, batch_size=2, **kw)
+    assert list(one.table["answer"]) == list(two.table["answer"])
+    assert (one.table["answer"] != one.table["unsteered_answer"]).any()  # steering did change something

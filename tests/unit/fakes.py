@@ -22,12 +22,23 @@ class FakeVLM:
     def __init__(self, gaze_heads=((2, 1), (2, 5), (3, 0), (3, 6)), delay: float = 0.0):
         self.gaze_heads = {tuple(h) for h in gaze_heads}
         self.state = None  # (heads, target) while steered
-        self.calls = 0
+        self.calls = 0  # model calls: one per ask or ask_batch
+        self.batches = []
         self.delay = delay
 
     def _caption(self, item, k):
         return item.captions[k - 1] if getattr(item, "captions", None) else item.names[k - 1] if isinstance(k, int) \
             else k
+
+    def ask_batch(self, items, prompts, max_new_tokens=20, **kw):
+        """Like the real VLM: one steering state for the whole batch; refuses items of different sizes."""
+        if len({it.image.size for it in items}) > 1:
+            raise ValueError("images in one batch map their regions to different tokens")
+        self.batches.append(len(items))
+        calls = self.calls
+        out = [self.ask(it, p, max_new_tokens) for it, p in zip(items, prompts)]
+        self.calls = calls + 1
+        return out
 
     def ask(self, item, prompt, max_new_tokens=20, **kw):
         if self.delay:

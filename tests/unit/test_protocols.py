@@ -173,3 +173,38 @@ def test_llm_judge_failures_are_recorded_never_hits_and_retried_on_resume(fake, 
     assert vlm.calls == calls  # generations reused
     assert up.client.n == 2 + 12  # every failed judgement retried once
     assert not res2.table["failed"].any() and res2.accuracy("top") == 1.0
+
+
+def test_batched_generation_equals_one_at_a_time(fake, strips, tmp_path):
+    """Strips of one image size go through ask_batch together; the results equal one-at-a-time generation,
+    and a batch the model refuses (different layouts) falls back to single asks."""
+    from PIL import Image
+
+    from gazekit.regions import Strip
+    vlm, scores = fake
+    single = vqa(vlm, strips, scores, batch_size=1, progress=False)
+    assert vlm.batches == []
+    odd = Strip.from_panels([Image.new("RGB", (64, 256), c) for c in "red green blue white black gray".split()],
+                            strips[0].captions)  # another size: a batch of its own
+    odd.main_panel = 2
+    n_calls = vlm.calls
+    batched = vqa(vlm, strips + [odd], scores, batch_size=3, progress=False)
+    # 4 same-size strips in chunks of 3 + 1 (a chunk of one is a plain ask), the odd strip alone:
+    # per (condition, target) group: one ask_batch of 3
+    assert vlm.batches == [3] * (1 + 3 * 6)
+    assert vlm.calls - n_calls == (1 + 3 * 6) * 3  # each group: 1 batch + 2 singles
+    cols = ["condition", "strip", "target", "answer", "hit"]
+    b = batched.table[batched.table.strip_index < len(strips)]
+    assert b[cols].sort_values(cols[:3]).reset_index(drop=True).equals(
+        single.table[cols].sort_values(cols[:3]).reset_index(drop=True))
+
+
+def test_batch_refused_falls_back(fake, strips, monkeypatch):
+    vlm, scores = fake
+
+    def refuse(*a, **k):
+        raise ValueError("prepare_batch needs inputs of one length")
+
+    monkeypatch.setattr(vlm, "ask_batch", refuse)
+    res = vqa(vlm, strips[:3], scores, conditions=("unsteered", "top"), batch_size=8, progress=False)
+    assert res.accuracy("top") == 1.0 and vlm.calls == 3 * 7
