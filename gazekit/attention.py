@@ -92,10 +92,16 @@ def _forward(stock: Callable, module, query, key, value, attention_mask, **kwarg
     layer = session.layer_of[id(module)]
     B, Hq, Q, _ = query.shape
     K = key.shape[-2]
-    bias = session.bias(layer, B, Hq, Q, K, query.device)  # [B, Hq, Q, K] float32 or None
+    bias = session.bias(layer, B, Hq, Q, K, query.device)  # [B, Hq, 1, K] float32 key bias, or None
     if bias is not None:
         add = _additive_mask(attention_mask, B, Q, K, torch.float32, query.device)
-        full = (add + bias).clamp_min(torch.finfo(query.dtype).min).to(query.dtype)
+        # Shift each row by the largest bias among the keys *this layer's mask* lets it see (softmax is invariant
+        # to a per-row constant): boosted keys keep exact logits in any dtype, and a row that cannot see the
+        # target (e.g. outside a sliding window) is left exactly as it was.
+        visible = add > torch.finfo(torch.float32).min / 2
+        row_max = bias.masked_fill(~visible, float("-inf")).amax(-1, keepdim=True)
+        row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+        full = (add + (bias - row_max)).clamp_min(torch.finfo(query.dtype).min).to(query.dtype)
         attention_mask = full
         kwargs.pop("is_causal", None)
     if session.recording:
@@ -209,6 +215,7 @@ class Session:
             r.record(self, layer, probs, vnorm, K)
 
     def bias(self, layer, B, Hq, Q, K, device) -> Optional[torch.Tensor]:
+        """Sum of the active steerers' key biases for this layer: [B, Hq, 1, K] float32 (zeros for other heads)."""
         total = None
         for s in self.steerers:
             b = s.bias(self, layer, B, Hq, Q, K, device)

@@ -143,14 +143,9 @@ class _Steerer:
         if kb.numel() < T:  # keys decoded after the last resolution carry no bias (or -B for max_suppress_all)
             fill = -self.strength if self.mode == "max_suppress_all" else 0.0
             kb = torch.cat([kb, torch.full((T - kb.numel(),), fill)])
-        # shift each query row by the largest bias it can see (causal), so boosted keys keep exact logits
-        shift = torch.cummax(kb, dim=0).values
         keys = kb[T - K:T]  # keys are right-aligned (sliding-window layers keep only the last K)
-        rows = shift[T - Q:T]
-        rows = torch.maximum(rows, torch.zeros_like(rows)) if self.mode == "boost_suppress" else rows
-        rel = keys[None, :] - rows[:, None]  # [Q, K]
-        out = torch.zeros(Bsz, Hq, Q, K, dtype=torch.float32, device=device)
-        out[:, heads] = rel.to(device)
+        out = torch.zeros(Bsz, Hq, 1, K, dtype=torch.float32, device=device)
+        out[:, heads] = keys.to(device)
         return out
 
 
