@@ -318,11 +318,17 @@ def _load_pretrained(path, processor, quantize, device_map, dtype, trust_remote_
     model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
     if "device_map" not in kwargs:
         model.to(device)
+    hint = ("build the model's processor class yourself and pass it: gazekit.load(path, processor). Qwen-VL and "
+            "SmolVLM processors also construct a video processor that needs torchvision; without torchvision "
+            "AutoProcessor returns only the tokenizer or fails")
     if processor is None:
-        processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+        try:
+            processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+        except (ImportError, ValueError, OSError) as e:
+            raise ValueError(f"could not build the processor of {path!r} ({e}); {hint}") from e
     if not hasattr(processor, "image_processor"):
         raise ValueError(f"AutoProcessor for {path!r} returned {type(processor).__name__} without an image processor; "
-                         "build the model's processor class yourself and pass it: gazekit.load(path, processor)")
+                         + hint)
     model.eval()
     return VLM(model, processor, adapter_for(model, processor), name=path)
 
