@@ -289,6 +289,11 @@ class Results:
 
     def _groups(self, df, by):
         import pandas as pd
+        # bootstraps are seconds each on thousands of pairs: remember them (keyed by the rows and grouping)
+        cache = self.__dict__.setdefault("_ci_cache", {})
+        ck = (tuple(by), tuple(df.index), id(self.table), len(self.table))
+        if ck in cache:
+            return cache[ck].copy()
         rows = []
         if df.empty:
             return pd.DataFrame(columns=[*by, "n", "accuracy", "ci_low", "ci_high"])
@@ -297,7 +302,8 @@ class Results:
             vals = g[self.metric].astype(float).to_numpy()
             ci = bootstrap_ci(vals, seed=self.config.get("seed", 0))
             rows.append({**dict(zip(by, key)), "n": ci.n, "accuracy": ci.mean, "ci_low": ci.low, "ci_high": ci.high})
-        return pd.DataFrame(rows)
+        cache[ck] = pd.DataFrame(rows)
+        return cache[ck].copy()
 
     def summary(self, nondefault: Optional[bool] = None):
         """Accuracy per condition (and K): over all pairs, and over non-default pairs (target ≠ default panel),
