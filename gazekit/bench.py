@@ -229,12 +229,27 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def _timed(fn: Callable, device):
+_CLOCK = {"cpu": time.process_time, "wall": time.perf_counter}
+
+
+def _timed(fn: Callable, device, clock: str = "wall"):
+    """(result, seconds). clock="cpu": this process's CPU time — on a CPU with one torch thread that is the work
+    done, unaffected by other programs competing for the cores (wall-clock time is recorded beside it)."""
     _sync(device)
-    t0 = time.perf_counter()
+    tick = _CLOCK[clock]
+    t0 = tick()
     out = fn()
     _sync(device)
-    return out, time.perf_counter() - t0
+    return out, tick() - t0
+
+
+def _timed2(fn: Callable, device):
+    """(result, wall seconds, CPU seconds)."""
+    _sync(device)
+    w0, c0 = time.perf_counter(), time.process_time()
+    out = fn()
+    _sync(device)
+    return out, time.perf_counter() - w0, time.process_time() - c0
 
 
 def _proc_status_kb(field: str) -> int:
@@ -345,6 +360,30 @@ def _quiet_transformers():
         hf_logging.set_verbosity_error()
 
 
+def _warm_strip(strip):
+    """A small copy of the strip: runs every code path once (lazy imports, kernels, weights paged in from the
+    safetensors mmap) so that memory measured afterwards is what the method itself allocates."""
+    from gazekit.regions import Strip
+
+    return Strip.from_panels([strip.panel(k).resize((64, 64)) for k in range(1, 7)], height=64)
+
+
+def _alternate(fns: dict, repeats: int, device, tick=None) -> dict:
+    """Run each of two callables `repeats` times, alternating which goes first; {name: {"wall": [...], "cpu": [...],
+    "results": [...]}}."""
+    names = list(fns)
+    runs = {n: {"wall": [], "cpu": [], "results": []} for n in names}
+    for r in range(repeats):
+        for n in (names if r % 2 == 0 else names[::-1]):
+            res, w, c = _timed2(fns[n], device)
+            runs[n]["wall"].append(w)
+            runs[n]["cpu"].append(c)
+            runs[n]["results"].append(res)
+        if tick:
+            tick()
+    return runs
+
+
 def _worker(spec: dict) -> dict:
     """One measurement job, run in a fresh process (or in-process with isolate=False)."""
     import torch
@@ -360,49 +399,39 @@ def _worker(spec: dict) -> dict:
     out = {"info": _describe(vlm, subject, strip)}
     from gazekit._reference import reference_strip_matrix
 
+    def ref_fn(s=strip):
+        _set_impl(vlm.model, "eager")  # the reference recipe loads the model with attn_implementation="eager"
+        try:
+            return reference_strip_matrix(vlm, s)
+        finally:
+            _set_impl(vlm.model, "sdpa")
+
+    def gk_fn(s=strip):
+        return _gazekit_matrix(vlm, s)
+
     with torch.no_grad():
-        if task == "reference":
-            _set_impl(vlm.model, "eager")  # the reference loads with attn_implementation="eager"
-            m, extra, secs, how = _peak_extra(lambda: reference_strip_matrix(vlm, strip), device)
-            out.update(matrix=m.tolist(), memory_bytes=extra, memory_how=how, first_run_s=secs)
-            return out
-        # task == "gazekit": memory first (fresh process), then every timing, alternating the two methods
-        m, extra, secs, how = _peak_extra(lambda: _gazekit_matrix(vlm, strip), device)
+        # memory: one call of one method in this fresh process, after a warm-up on a small strip
+        fn = ref_fn if task == "reference" else gk_fn
+        fn(_warm_strip(strip))
+        m, extra, secs, how = _peak_extra(fn, device)
         out.update(matrix=m.tolist(), memory_bytes=extra, memory_how=how, first_run_s=secs)
-        R = spec["repeats"]
-        ref_t, gk_t, diffs = [], [], []
-        for r in range(R):
-            order = ("ref", "gk") if r % 2 == 0 else ("gk", "ref")
-            res = {}
-            for which in order:
-                if which == "ref":
-                    _set_impl(vlm.model, "eager")
-                    res["ref"], t = _timed(lambda: reference_strip_matrix(vlm, strip), device)
-                    _set_impl(vlm.model, "sdpa")
-                    ref_t.append(t)
-                else:
-                    res["gk"], t = _timed(lambda: _gazekit_matrix(vlm, strip), device)
-                    gk_t.append(t)
-            diffs.append(float(np.abs(res["ref"] - res["gk"]).max()))
-            spec["tick"]()
-        out["discovery"] = {"reference_s": ref_t, "gazekit_s": gk_t, "same_process_diff": max(diffs)}
+        if task == "reference":
+            return out
+        # task == "gazekit": then every timing, alternating the two methods of each pair in this one process
+        runs = _alternate({"reference": ref_fn, "gazekit": gk_fn}, spec["repeats"], device, spec["tick"])
+        diffs = [float(np.abs(a - b).max()) for a, b in zip(runs["reference"]["results"], runs["gazekit"]["results"])]
+        out["discovery"] = {k: {c: v[c] for c in ("wall", "cpu")} for k, v in runs.items()}
+        out["discovery"]["same_process_diff"] = max(diffs)
 
         from gazekit.capture import capture_prepared
         from gazekit.regions import panel_question
 
         prep = vlm.prepare(strip, panel_question(1))
-        plain_t, cap_t = [], []
         vlm.model(**prep, use_cache=False)  # warm-up of the plain path (the capture path ran during discovery)
-        for r in range(spec["capture_repeats"]):
-            order = ("plain", "cap") if r % 2 == 0 else ("cap", "plain")
-            for which in order:
-                if which == "plain":
-                    _, t = _timed(lambda: vlm.model(**prep, use_cache=False), device)
-                    plain_t.append(t)
-                else:
-                    _, t = _timed(lambda: capture_prepared(vlm, prep), device)
-                    cap_t.append(t)
-        out["capture"] = {"plain_s": plain_t, "capture_s": cap_t, "prompt_tokens": prep.prompt_len}
+        runs = _alternate({"plain": lambda: vlm.model(**prep, use_cache=False) and None,
+                           "capture": lambda: capture_prepared(vlm, prep)}, spec["capture_repeats"], device)
+        out["capture"] = {k: {c: v[c] for c in ("wall", "cpu")} for k, v in runs.items()}
+        out["capture"]["prompt_tokens"] = prep.prompt_len
         spec["tick"]()
 
         import gazekit
@@ -411,22 +440,19 @@ def _worker(spec: dict) -> dict:
         N = spec["gen_tokens"]
         gen = dict(max_new_tokens=N, min_new_tokens=N)
         prep = vlm.prepare(strip, gazekit.VQA_QUESTION)
-        un_t, st_t, lengths = [], [], set()
-        for r in range(spec["gen_repeats"]):
-            order = ("un", "st") if r % 2 == 0 else ("st", "un")
-            for which in order:
-                if which == "un":
-                    ids, t = _timed(lambda: vlm.generate(prep, **gen), device)
-                    un_t.append(t)
-                else:
-                    with gazekit.steer(vlm, heads, target=3):
-                        ids, t = _timed(lambda: vlm.generate(prep, **gen), device)
-                    st_t.append(t)
-                lengths.add(int(ids.shape[1]) - prep.prompt_len)
+
+        def steered():
+            with gazekit.steer(vlm, heads, target=3):
+                return vlm.generate(prep, **gen)
+
+        runs = _alternate({"unsteered": lambda: vlm.generate(prep, **gen), "steered": steered},
+                          spec["gen_repeats"], device)
+        lengths = {int(ids.shape[1]) - prep.prompt_len for v in runs.values() for ids in v["results"]}
         if lengths != {N}:
             raise RuntimeError(f"generation lengths differ from {N}: {sorted(lengths)}")
-        out["steering"] = {"unsteered_s": un_t, "steered_s": st_t, "new_tokens": N, "heads": len(heads),
-                           "layers_touched": len({h[0] for h in heads}), "prompt_tokens": prep.prompt_len}
+        out["steering"] = {k: {c: v[c] for c in ("wall", "cpu")} for k, v in runs.items()}
+        out["steering"].update(new_tokens=N, heads=len(heads), layers_touched=len({h[0] for h in heads}),
+                               prompt_tokens=prep.prompt_len)
         spec["tick"]()
     return out
 
@@ -527,25 +553,30 @@ def _median(xs) -> float:
     return float(np.median(xs))
 
 
-def _summarise(subject: str, ref: dict, gk: dict, quant: Optional[dict]) -> dict:
+def _pair(block: dict, a: str, b: str, clock: str) -> dict:
+    """Medians of two methods' runs on `clock`, plus every run on both clocks."""
+    out = {f"{a}_s": _median(block[a][clock]), f"{b}_s": _median(block[b][clock]), "clock": clock}
+    for n in (a, b):
+        out[f"{n}_runs"] = block[n]
+    return out
+
+
+def _summarise(subject: str, ref: dict, gk: dict, quant: Optional[dict], clock: str) -> dict:
     d = gk["discovery"]
     ref_mat, gk_mat = np.array(ref["matrix"]), np.array(gk["matrix"])
     res = {
         "info": gk["info"],
-        "discovery_time": {"reference_s": _median(d["reference_s"]), "gazekit_s": _median(d["gazekit_s"]),
-                           "reference_runs_s": d["reference_s"], "gazekit_runs_s": d["gazekit_s"]},
+        "discovery_time": _pair(d, "reference", "gazekit", clock),
         "memory": {"reference_mb": ref["memory_bytes"] / 2**20, "gazekit_mb": gk["memory_bytes"] / 2**20,
-                   "how": gk["memory_how"] + " (each method in its own fresh process)"},
+                   "how": gk["memory_how"] + " (each method once in its own fresh process, after a warm-up on a "
+                                             "small strip)"},
         "score_diff": {"max_abs": max(float(np.abs(ref_mat - gk_mat).max()), d["same_process_diff"]),
                        "max_score": float(np.abs(ref_mat).max())},
-        "capture_overhead": {"plain_s": _median(gk["capture"]["plain_s"]),
-                             "capture_s": _median(gk["capture"]["capture_s"]),
-                             "plain_runs_s": gk["capture"]["plain_s"], "capture_runs_s": gk["capture"]["capture_s"]},
-        "steering": {"unsteered_s": _median(gk["steering"]["unsteered_s"]),
-                     "steered_s": _median(gk["steering"]["steered_s"]),
-                     **{k: v for k, v in gk["steering"].items() if k not in ("unsteered_s", "steered_s")},
-                     "unsteered_runs_s": gk["steering"]["unsteered_s"], "steered_runs_s": gk["steering"]["steered_s"]},
+        "capture_overhead": _pair(gk["capture"], "plain", "capture", clock),
+        "steering": dict(_pair(gk["steering"], "unsteered", "steered", clock),
+                         **{k: v for k, v in gk["steering"].items() if k not in ("unsteered", "steered")}),
     }
+    res["capture_overhead"]["prompt_tokens"] = gk["capture"]["prompt_tokens"]
     r = res["discovery_time"]
     r["ratio"] = r["reference_s"] / r["gazekit_s"]
     r = res["memory"]
@@ -590,10 +621,13 @@ def run(models: Sequence[str] = DEFAULT_MODELS, *, quick: bool = False, repeats:
         raise RuntimeError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu")
     torch.set_num_threads(threads)
     R = repeats or (2 if quick else 3)
+    # CPU with one thread: CPU time of the measuring process is the work done and does not count other programs'
+    # load on a shared machine; GPU (or several threads): wall-clock time. Both clocks are kept in the JSON.
+    clock = "cpu" if device == "cpu" and threads == 1 else "wall"
     plan = dict(repeats=R, capture_repeats=max(3, R + (0 if quick else 2)), gen_repeats=R,
                 gen_tokens=gen_tokens or (16 if quick else 32))
     results = {"device": _device_info(device, threads), "dtype": dtype, "quick": quick, **plan,
-               "command": command, "models": {}}
+               "clock": clock, "command": command, "models": {}}
     jobs = []
     for m in models:
         if m == "organism" and (why := _organism_missing()):
@@ -626,7 +660,7 @@ def run(models: Sequence[str] = DEFAULT_MODELS, *, quick: bool = False, repeats:
                     bar.set_postfix_str(f"{m}: 4-bit load")
                     quant = _run_job(dict(base, task="quant"), isolate, tmp)
                     bar.update(1)
-                results["models"][m] = _summarise(m, ref, gk, quant)
+                results["models"][m] = _summarise(m, ref, gk, quant, clock)
         finally:
             bar.close()
     results["wall_s"] = time.perf_counter() - t_start
@@ -694,7 +728,7 @@ def format_table(results: dict) -> str:
     dev = results["device"]
     where = dev.get("gpu") or dev.get("cpu") or dev["device"]
     head = (f"gazekit.bench on {where} ({dev['device']}, {dev['torch_threads']} torch thread(s)), {results['dtype']}, "
-            f"medians of {results['repeats']} repeat(s)" + (" [quick]" if results["quick"] else ""))
+            f"medians of {results['repeats']} repeat(s), {results['clock']} time" + (" [quick]" if results["quick"] else ""))
     return head + "\n" + "\n".join(lines)
 
 

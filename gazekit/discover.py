@@ -189,8 +189,13 @@ def strip_matrix(vlm, strip: Strip, questions) -> np.ndarray:
 @torch.no_grad()
 def strip_matrix_fast(vlm, strip: Strip, questions) -> np.ndarray:
     """Shared-prefix path: encode the common prefix once, run the suffixes on copies of its KV cache."""
-    preps = [vlm.prepare(strip, q) for q in questions]
-    ids = [p.input_ids[0] for p in preps]
+    preps = []
+    for i, q in enumerate(questions):
+        p = vlm.prepare(strip, q)
+        if i:  # suffixes only need the token-aligned inputs: don't keep five more copies of the pixel values
+            p = {k: v for k, v in p.items() if torch.is_tensor(v) and v.dim() == 2 and v.shape[1] == p.prompt_len}
+        preps.append(p)
+    ids = [p["input_ids"][0] for p in preps]
     n = min(len(x) for x in ids)
     common = 0
     while common < n and all(bool(x[common] == ids[0][common]) for x in ids):
@@ -205,26 +210,33 @@ def strip_matrix_fast(vlm, strip: Strip, questions) -> np.ndarray:
 
     cache = DynamicCache(config=model.config.get_text_config())
     vlm._current = preps[0]
-    model(**prefix, **{_CACHE_KW: cache}, use_cache=True)
+    keep = _logits_kw(model)  # the logits are never read: skip the [tokens x vocab] projection where possible
+    model(**prefix, **{_CACHE_KW: cache}, use_cache=True, **keep)
     out = np.zeros((vlm.n_layers, vlm.n_heads, len(questions), len(regions)))
     groups: dict[int, list[int]] = {}
     for qi, x in enumerate(ids):
         groups.setdefault(len(x), []).append(qi)
     rec = _RegionRecorder(vlm, lambda session: regions)
-    for length, members in groups.items():
+    for gi, (length, members) in enumerate(groups.items()):
         suffix = torch.stack([ids[qi][common:] for qi in members])
-        c = copy.deepcopy(cache)
+        c = cache if gi == len(groups) - 1 else copy.deepcopy(cache)  # the last group may consume the prefix cache
         if len(members) > 1:
             c.batch_repeat_interleave(len(members))
         rec.raw.clear()
         extras = vlm.adapter.suffix_inputs(preps[members[0]], common, suffix)
         with vlm._intervene(rec, "record"):
-            model(input_ids=suffix, **{_CACHE_KW: c}, use_cache=True, **extras)
+            model(input_ids=suffix, **{_CACHE_KW: c}, use_cache=True, **keep, **extras)
         step = max(rec.raw)
         got = torch.stack([rec.raw[step][l] for l in range(vlm.n_layers)]).numpy()  # [L, B, H, R]
         for j, qi in enumerate(members):
             out[:, :, qi, :] = got[:, j]
     return out
+
+
+def _logits_kw(model) -> dict:
+    import inspect
+
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
 
 
 def _cache_kw() -> str:
