@@ -117,7 +117,7 @@ def plot_capture(attention, region_names=None, title: Optional[str] = None, vmax
     a = np.asarray(attention)
     L, H, R = a.shape
     names = [str(n) for n in (region_names or range(1, R + 1))]
-    fig, axes = plt.subplots(1, L, figsize=(1.2 + 0.45 * R * L + 0.6 * L, 0.9 + 0.2 * H), squeeze=False)
+    fig, axes = plt.subplots(1, L, figsize=(1.2 + 0.45 * R * L + 0.6 * L, 1.2 + 0.22 * H), squeeze=False)
     vmax = float(vmax if vmax is not None else max(a.max(), 1e-9))
     for l, ax in enumerate(axes[0]):
         sns.heatmap(a[l], ax=ax, cmap="viridis", vmin=0, vmax=vmax, cbar=l == L - 1, xticklabels=names,
@@ -125,6 +125,7 @@ def plot_capture(attention, region_names=None, title: Optional[str] = None, vmax
                     cbar_kws={"label": "attention mass"} if l == L - 1 else None)
         ax.set_title(f"layer {l}", fontsize=9)
         ax.set_xlabel("region")
+        ax.tick_params(axis="y", labelsize=7, labelrotation=0)
         if l == 0:
             ax.set_ylabel("head")
     if title:

@@ -17,6 +17,7 @@ import argparse
 import base64
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Optional, Sequence
 __all__ = ["find_notebooks", "run_notebook", "run_all", "main"]
 
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # colour codes in kernel tracebacks
 
 
 def default_dir() -> Path:
@@ -130,7 +132,7 @@ def run_all(directory=None, out="figures", *, only=None, inplace: bool = False, 
             entry = {"notebook": p.name, "seconds": round(secs, 1), "figures": len(figs),
                      "status": "ok" if err is None else "failed"}
             if err is not None:
-                entry["error"] = str(err).strip().splitlines()[-1][:500]
+                entry["error"] = _ANSI.sub("", str(err)).strip().splitlines()[-1][:500]
                 tqdm.write(f"{p.name} FAILED:\n{err}", file=sys.stderr)
             elif inplace:
                 nbformat.write(nb, p)

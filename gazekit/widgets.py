@@ -596,11 +596,12 @@ class ScheduleBuilder(_Widget):
         if not tr.tokens:
             ax.text(0.5, 0.5, "no tokens generated", ha="center", va="center")
             return fig
-        plot_trajectory(tr, ax=ax, title=f"attention of {len(tr.heads)} steered heads while generating")
         ys = [self.strip.region_index(t) if t is not None else np.nan for t in targets]
-        if any(y == y for y in ys):
-            ax.step(np.arange(len(ys)), ys, where="mid", color=TARGET_COLOUR, lw=2, alpha=0.8, label="scheduled")
-            ax.legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(0.0, 1.25))
+        scheduled = any(y == y for y in ys)
+        plot_trajectory(tr, ax=ax, title=f"attention of {len(tr.heads)} steered heads while generating"
+                        + (" (red: scheduled panel)" if scheduled else ""))
+        if scheduled:
+            ax.step(np.arange(len(ys)), ys, where="mid", color=TARGET_COLOUR, lw=2, alpha=0.8)
         return fig
 
     def __repr__(self):
