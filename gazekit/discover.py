@@ -187,8 +187,12 @@ def strip_matrix(vlm, strip: Strip, questions) -> np.ndarray:
 
 
 @torch.no_grad()
-def strip_matrix_fast(vlm, strip: Strip, questions) -> np.ndarray:
-    """Shared-prefix path: encode the common prefix once, run the suffixes on copies of its KV cache."""
+def strip_matrix_fast(vlm, strip: Strip, questions, batch_suffixes: bool = False) -> np.ndarray:
+    """Shared-prefix path: encode the common prefix once, then run each question's suffix on its KV cache
+    (one at a time, cropping the cache back; or, with `batch_suffixes` or sliding-window caches, batched on copies).
+
+    Measured on a mid-size Qwen2-VL (666-token prompt, 1 CPU thread): one-at-a-time suffixes cost 0.63 s against
+    0.32 s batched, but peak memory falls from ~100 MB to ~65 MB, which is mostly the shared image encoding."""
     preps = []
     for i, q in enumerate(questions):
         p = vlm.prepare(strip, q)
@@ -213,21 +217,36 @@ def strip_matrix_fast(vlm, strip: Strip, questions) -> np.ndarray:
     keep = _logits_kw(model)  # the logits are never read: skip the [tokens x vocab] projection where possible
     model(**prefix, **{_CACHE_KW: cache}, use_cache=True, **keep)
     out = np.zeros((vlm.n_layers, vlm.n_heads, len(questions), len(regions)))
+    rec = _RegionRecorder(vlm, lambda session: regions)
+
+    def run(suffix, c, extras_from):
+        rec.raw.clear()
+        extras = vlm.adapter.suffix_inputs(extras_from, common, suffix)
+        with vlm._intervene(rec, "record"):
+            model(input_ids=suffix, **{_CACHE_KW: c}, use_cache=True, **keep, **extras)
+        step = max(rec.raw)
+        return torch.stack([rec.raw[step][l] for l in range(vlm.n_layers)]).numpy()  # [L, B, H, R]
+
+    from transformers.cache_utils import DynamicLayer
+
+    if not batch_suffixes and all(type(layer) is DynamicLayer for layer in cache.layers):
+        # One suffix at a time on the one prefix cache, cropped back after each: no copies of the cache (six
+        # batched copies cost more memory than the whole forward on a mid-size model). Only for plain layers:
+        # a sliding-window layer may have evicted prefix keys that cropping cannot bring back.
+        for qi, x in enumerate(ids):
+            suffix = x[common:][None]
+            out[:, :, qi, :] = run(suffix, cache, preps[qi])[:, 0]
+            cache.crop(-suffix.shape[1])
+        return out
     groups: dict[int, list[int]] = {}
     for qi, x in enumerate(ids):
         groups.setdefault(len(x), []).append(qi)
-    rec = _RegionRecorder(vlm, lambda session: regions)
     for gi, (length, members) in enumerate(groups.items()):
         suffix = torch.stack([ids[qi][common:] for qi in members])
         c = cache if gi == len(groups) - 1 else copy.deepcopy(cache)  # the last group may consume the prefix cache
         if len(members) > 1:
             c.batch_repeat_interleave(len(members))
-        rec.raw.clear()
-        extras = vlm.adapter.suffix_inputs(preps[members[0]], common, suffix)
-        with vlm._intervene(rec, "record"):
-            model(input_ids=suffix, **{_CACHE_KW: c}, use_cache=True, **keep, **extras)
-        step = max(rec.raw)
-        got = torch.stack([rec.raw[step][l] for l in range(vlm.n_layers)]).numpy()  # [L, B, H, R]
+        got = run(suffix, c, preps[members[0]])
         for j, qi in enumerate(members):
             out[:, :, qi, :] = got[:, j]
     return out
