@@ -293,6 +293,8 @@ class _RSSPeak:
             self._thread = threading.Thread(target=sample, daemon=True)
             self._thread.start()
             self.how = "psutil RSS sampled every 1 ms, minus RSS before"
+        if os.environ.get("MALLOC_MMAP_THRESHOLD_"):
+            self.how += f", MALLOC_MMAP_THRESHOLD_={os.environ['MALLOC_MMAP_THRESHOLD_']}"
         return self
 
     def __exit__(self, *exc):
@@ -411,17 +413,18 @@ def _worker(spec: dict) -> dict:
 
     with torch.no_grad():
         # memory: one call of one method in this fresh process, after a warm-up on a small strip
-        fn = ref_fn if task == "reference" else gk_fn
-        fn(_warm_strip(strip))
-        m, extra, secs, how = _peak_extra(fn, device)
-        out.update(matrix=m.tolist(), memory_bytes=extra, memory_how=how, first_run_s=secs)
-        if task == "reference":
+        if task in ("reference", "gazekit"):
+            fn = ref_fn if task == "reference" else gk_fn
+            fn(_warm_strip(strip))
+            m, extra, secs, how = _peak_extra(fn, device)
+            out.update(matrix=m.tolist(), memory_bytes=extra, memory_how=how, first_run_s=secs)
             return out
-        # task == "gazekit": then every timing, alternating the two methods of each pair in this one process
+        # task == "timing": every timing, alternating the two methods of each pair in this one process
         runs = _alternate({"reference": ref_fn, "gazekit": gk_fn}, spec["repeats"], device, spec["tick"])
         diffs = [float(np.abs(a - b).max()) for a, b in zip(runs["reference"]["results"], runs["gazekit"]["results"])]
         out["discovery"] = {k: {c: v[c] for c in ("wall", "cpu")} for k, v in runs.items()}
         out["discovery"]["same_process_diff"] = max(diffs)
+        m = runs["gazekit"]["results"][-1]
 
         from gazekit.capture import capture_prepared
         from gazekit.regions import panel_question
@@ -529,6 +532,10 @@ def _run_job(spec: dict, isolate: bool, workdir: Path) -> dict:
     spec_path.write_text(json.dumps(spec))
     env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]), MKL_NUM_THREADS=str(spec["threads"]),
                TOKENIZERS_PARALLELISM="false")
+    if spec["task"] in ("reference", "gazekit") and spec["device"] == "cpu":
+        # glibc would otherwise serve mid-size tensors from its heap and keep freed pages resident, so RSS would
+        # count allocator slack; a fixed mmap threshold returns every freed block of >= 64 KiB to the OS at once
+        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
     proc = subprocess.run([sys.executable, "-m", "gazekit.bench", "--_worker", str(spec_path)], env=env,
                           capture_output=True, text=True)
     if proc.returncode != 0:
@@ -561,8 +568,8 @@ def _pair(block: dict, a: str, b: str, clock: str) -> dict:
     return out
 
 
-def _summarise(subject: str, ref: dict, gk: dict, quant: Optional[dict], clock: str) -> dict:
-    d = gk["discovery"]
+def _summarise(subject: str, ref: dict, gk: dict, timing: dict, quant: Optional[dict], clock: str) -> dict:
+    d = timing["discovery"]
     ref_mat, gk_mat = np.array(ref["matrix"]), np.array(gk["matrix"])
     res = {
         "info": gk["info"],
@@ -572,11 +579,11 @@ def _summarise(subject: str, ref: dict, gk: dict, quant: Optional[dict], clock: 
                                              "small strip)"},
         "score_diff": {"max_abs": max(float(np.abs(ref_mat - gk_mat).max()), d["same_process_diff"]),
                        "max_score": float(np.abs(ref_mat).max())},
-        "capture_overhead": _pair(gk["capture"], "plain", "capture", clock),
-        "steering": dict(_pair(gk["steering"], "unsteered", "steered", clock),
-                         **{k: v for k, v in gk["steering"].items() if k not in ("unsteered", "steered")}),
+        "capture_overhead": _pair(timing["capture"], "plain", "capture", clock),
+        "steering": dict(_pair(timing["steering"], "unsteered", "steered", clock),
+                         **{k: v for k, v in timing["steering"].items() if k not in ("unsteered", "steered")}),
     }
-    res["capture_overhead"]["prompt_tokens"] = gk["capture"]["prompt_tokens"]
+    res["capture_overhead"]["prompt_tokens"] = timing["capture"]["prompt_tokens"]
     r = res["discovery_time"]
     r["ratio"] = r["reference_s"] / r["gazekit_s"]
     r = res["memory"]
@@ -636,7 +643,7 @@ def run(models: Sequence[str] = DEFAULT_MODELS, *, quick: bool = False, repeats:
                 print(f"[gazekit.bench] {m}: {why}", file=sys.stderr)
             continue
         jobs.append(m)
-    steps = sum((1 if m == "organism" else 3) + 1 + R + 2 for m in jobs)
+    steps = sum((2 if m == "organism" else 4) + R + 2 for m in jobs)
     bar = tqdm(total=steps, desc="gazekit.bench", unit="step", disable=not progress)
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gazekit-bench-") as tmp:
@@ -653,14 +660,17 @@ def run(models: Sequence[str] = DEFAULT_MODELS, *, quick: bool = False, repeats:
                 bar.set_postfix_str(f"{m}: reference recipe (fresh process)")
                 ref = _run_job(dict(base, task="reference"), isolate, tmp)
                 bar.update(1)
-                bar.set_postfix_str(f"{m}: gazekit + timings")
+                bar.set_postfix_str(f"{m}: gazekit (fresh process)")
                 gk = _run_job(dict(base, task="gazekit"), isolate, tmp)
+                bar.update(1)
+                bar.set_postfix_str(f"{m}: timings")
+                timing = _run_job(dict(base, task="timing"), isolate, tmp)
                 quant = None
                 if m != "organism":
                     bar.set_postfix_str(f"{m}: 4-bit load")
                     quant = _run_job(dict(base, task="quant"), isolate, tmp)
                     bar.update(1)
-                results["models"][m] = _summarise(m, ref, gk, quant, clock)
+                results["models"][m] = _summarise(m, ref, gk, timing, quant, clock)
         finally:
             bar.close()
     results["wall_s"] = time.perf_counter() - t_start
