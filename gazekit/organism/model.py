@@ -7,7 +7,7 @@ from __future__ import annotations
 
 DEFAULT_ARCH = {
     "v_hidden": 64, "v_inter": 128, "v_layers": 2, "v_heads": 4, "patch": 16,   # vision tower (per 32 px tile)
-    "hidden": 128, "inter": 256, "layers": 2, "heads": 16,                       # language model
+    "hidden": 128, "inter": 256, "layers": 3, "heads": 16,                       # language model
 }
 
 
@@ -24,7 +24,7 @@ def build_model(processor, arch: dict | None = None, seed: int = 0):
                           num_channels=3, projection_dim=a["v_hidden"])
     tc = LlamaConfig(vocab_size=len(tok), hidden_size=a["hidden"], intermediate_size=a["inter"],
                      num_hidden_layers=a["layers"], num_attention_heads=a["heads"], num_key_value_heads=a["heads"],
-                     head_dim=a["hidden"] // a["heads"], max_position_embeddings=256, rope_theta=10000.0,
+                     head_dim=a.get("head_dim") or a["hidden"] // a["heads"], max_position_embeddings=256, rope_theta=10000.0,
                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                      pad_token_id=tok.pad_token_id)
     conf = LlavaConfig(vision_config=vc, text_config=tc, image_token_index=processor.image_token_id,
