@@ -135,6 +135,16 @@ class _Steerer:
         self._key_bias = bias
 
     def bias(self, session, layer, Bsz, Hq, Q, K, device):
+        rows = self.head_keys(session, layer, K, device)
+        if rows is None:
+            return None
+        heads, keys = rows
+        out = torch.zeros(Bsz, Hq, 1, K, dtype=torch.float32, device=device)
+        out[:, heads] = keys
+        return out
+
+    def head_keys(self, session, layer, K, device):
+        """(this layer's selected heads, their key bias [K] float32), or None when nothing is steered here."""
         heads = self.by_layer.get(layer)
         if not heads or self._key_bias is None:
             return None
@@ -144,9 +154,7 @@ class _Steerer:
             fill = -self.strength if self.mode == "max_suppress_all" else 0.0
             kb = torch.cat([kb, torch.full((T - kb.numel(),), fill)])
         keys = kb[T - K:T]  # keys are right-aligned (sliding-window layers keep only the last K)
-        out = torch.zeros(Bsz, Hq, 1, K, dtype=torch.float32, device=device)
-        out[:, heads] = keys.to(device)
-        return out
+        return heads, keys.to(device)
 
 
 def _hashable(t):
