@@ -1,0 +1,68 @@
+"""The tutorials' shared structure, checked on the committed files (no kernel; nbval checks the outputs).
+
+Every notebook: the identical setup cell first (Colab install from one variable, seeds, threads), a `MODEL_ID = None`
+cell, learning objectives, a summary with a pointer to the next notebook, and committed outputs from a complete run
+(every code cell executed, in order) that leak no local paths or memory addresses.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+
+TUTORIALS = Path(__file__).resolve().parents[2] / "tutorials"
+NOTEBOOKS = sorted(TUTORIALS.glob("[0-9][0-9]_*.ipynb"))
+
+
+def _code(nb):
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def test_there_are_seven_tutorials_in_order():
+    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06", "07"]
+
+
+def test_setup_cell_is_identical_and_safe():
+    firsts = {p.name: _code(nbformat.read(p, as_version=4))[0].source for p in NOTEBOOKS}
+    assert len(set(firsts.values())) == 1, "the first code cell differs between notebooks"
+    setup = next(iter(firsts.values()))
+    assert re.search(r'^GAZEKIT_SOURCE = "[^"]+"', setup, re.M)  # one variable says where Colab installs from
+    # the install runs only on Colab: every code line mentioning pip sits in the `if IN_COLAB:` block
+    lines = [ln for ln in setup.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    start = lines.index("if IN_COLAB:")
+    block = [ln for ln in lines[start + 1:]]
+    block = block[:next((i for i, ln in enumerate(block) if not ln.startswith("    ")), len(block))]
+    pip_lines = [ln for ln in lines if "pip" in ln]
+    assert pip_lines and all(ln in block for ln in pip_lines), pip_lines
+    assert "torch.set_num_threads(1)" in setup and "torch.manual_seed(0)" in setup
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_shape(path):
+    nb = nbformat.read(path, as_version=4)
+    md = [c.source for c in nb.cells if c.cell_type == "markdown"]
+    assert "Learning objectives" in md[0]
+    assert "## Summary" in md[-1] and ("**Next:**" in md[-1] or "last tutorial" in md[-1])
+    assert any(re.search(r"^MODEL_ID = None", c.source, re.M) for c in _code(nb))
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_outputs_come_from_one_complete_run(path):
+    nb = nbformat.read(path, as_version=4)
+    counts = [c.execution_count for c in _code(nb)]
+    assert None not in counts, f"{path.name}: unexecuted cells; run python -m gazekit.tutorials --inplace"
+    assert counts == list(range(1, len(counts) + 1)), f"{path.name}: cells were not run top to bottom in one go"
+    text = []
+    for c in _code(nb):
+        for o in c.outputs:
+            assert o.output_type != "error", f"{path.name}: a committed cell raised"
+            text.append(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")))
+            if o.get("name") == "stderr":
+                pytest.fail(f"{path.name}: stderr in committed outputs: {o['text'][:200]!r}")
+    joined = "\n".join(text)
+    for leak in ("/work/", "/tmp/", "/home/", "site-packages", " at 0x"):
+        assert leak not in joined, f"{path.name}: output leaks {leak!r}"
