@@ -187,12 +187,15 @@ def strip_matrix(vlm, strip: Strip, questions) -> np.ndarray:
 
 
 @torch.no_grad()
-def strip_matrix_fast(vlm, strip: Strip, questions, batch_suffixes: bool = False) -> np.ndarray:
-    """Shared-prefix path: encode the common prefix once, then run each question's suffix on its KV cache
-    (one at a time, cropping the cache back; or, with `batch_suffixes` or sliding-window caches, batched on copies).
+def strip_matrix_fast(vlm, strip: Strip, questions, batch_suffixes: Optional[bool] = None) -> np.ndarray:
+    """Shared-prefix path: encode the common prefix once, then run each question's suffix on its KV cache:
+    batched on copies of the cache, or one at a time on the one cache, cropped back after each.
 
-    Measured on a mid-size Qwen2-VL (666-token prompt, 1 CPU thread): one-at-a-time suffixes cost 0.63 s against
-    0.32 s batched, but peak memory falls from ~100 MB to ~65 MB, which is mostly the shared image encoding."""
+    batch_suffixes=None chooses by size: batched when all the copies together stay under `_BATCH_CACHE_BYTES`
+    (small models, where per-forward overhead dominates), else one at a time. Measured on a mid-size Qwen2-VL
+    (666-token prompt, 1 CPU thread): one at a time costs 0.63 s against 0.32 s batched, but peak memory falls from
+    ~100 MB to ~65 MB, mostly the shared image encoding. Sliding-window caches are always batched (cropping cannot
+    restore keys a window has evicted)."""
     preps = []
     for i, q in enumerate(questions):
         p = vlm.prepare(strip, q)
@@ -229,6 +232,10 @@ def strip_matrix_fast(vlm, strip: Strip, questions, batch_suffixes: bool = False
 
     from transformers.cache_utils import DynamicLayer
 
+    if batch_suffixes is None:
+        kv_bytes = sum(t.numel() * t.element_size() for layer in cache.layers
+                       for t in (getattr(layer, "keys", None), getattr(layer, "values", None)) if torch.is_tensor(t))
+        batch_suffixes = kv_bytes * len(questions) <= _BATCH_CACHE_BYTES
     if not batch_suffixes and all(type(layer) is DynamicLayer for layer in cache.layers):
         # One suffix at a time on the one prefix cache, cropped back after each: no copies of the cache (six
         # batched copies cost more memory than the whole forward on a mid-size model). Only for plain layers:
@@ -250,6 +257,10 @@ def strip_matrix_fast(vlm, strip: Strip, questions, batch_suffixes: bool = False
         for j, qi in enumerate(members):
             out[:, :, qi, :] = got[:, j]
     return out
+
+
+# Above this many bytes for all the suffixes' copies of the prefix KV cache, discovery runs them one at a time.
+_BATCH_CACHE_BYTES = 16 * 2**20
 
 
 def _logits_kw(model) -> dict:
