@@ -293,7 +293,10 @@ def _bnb_config(compute_dtype, skip):
 
 
 # module-name prefixes/suffixes bitsandbytes must leave in full precision (the vision tower and the output head)
-_BNB_SKIP = ["visual", "vision_tower", "vision_model", "multi_modal_projector", "connector", "lm_head"]
+# transformers 5 matches these from the start of the module's full name (or as its suffix), so the wrappers'
+# "model." prefix is listed too: with bare "visual" a Qwen2-VL's "model.visual.blocks.0.attn.qkv" was quantised.
+_BNB_SKIP = [p + name for name in ("visual", "vision_tower", "vision_model", "multi_modal_projector", "connector")
+             for p in ("", "model.")] + ["lm_head"]
 
 
 def _load_pretrained(path, processor, quantize, device_map, dtype, trust_remote_code) -> VLM:
