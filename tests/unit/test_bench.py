@@ -1,0 +1,120 @@
+"""Smoke test of `python -m gazekit.bench` on a tiny random Qwen2-VL: the whole code path, the JSON it writes, and
+that the reference recipe and gazekit's discovery give the same scores. No timing thresholds (CI machines vary)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+bench = pytest.importorskip("gazekit.bench")
+
+MEASURES = ("discovery_time", "memory", "score_diff", "capture_overhead", "steering", "quant_bytes")
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    # in-process (isolate=False) keeps the test short; the CLI runs every job in a fresh process
+    res = bench.run(["qwen2vl-tiny"], repeats=1, gen_tokens=2, out=str(out), isolate=False, progress=False,
+                    verbose=False, device="cpu")
+    return res, json.loads(out.read_text())
+
+
+def test_json_has_every_measure_with_ratio_and_device(result):
+    res, written = result
+    assert written["device"]["device"] == "cpu" and written["device"]["torch_threads"] == 1
+    assert written["device"]["cpu"] and written["device"]["torch"] == torch.__version__
+    assert written["clock"] == "cpu"
+    m = written["models"]["qwen2vl-tiny"]
+    assert m["info"]["n_layers"] == 2 and m["info"]["n_heads"] == 4 and m["info"]["image_tokens"] > 0
+    for key in MEASURES:
+        assert "ratio" in m[key], key
+        assert np.isfinite(m[key]["ratio"]), key
+        assert written["ratios"]["qwen2vl-tiny"][key] == m[key]["ratio"]
+    # the ratios are the medians' ratios (one repeat here), not something else
+    d = m["discovery_time"]
+    assert d["ratio"] == pytest.approx(d["reference_s"] / d["gazekit_s"])
+    assert d["reference_s"] == pytest.approx(d["reference_runs"]["cpu"][0])
+    mem = m["memory"]
+    assert mem["reference_mb"] > 0 and mem["gazekit_mb"] > 0
+    st = m["steering"]
+    assert st["new_tokens"] == 2 and st["heads"] >= 1
+    # targets: the stated ones, and "met" follows from the ratio
+    assert m["discovery_time"]["target"] == ">= 4" and m["memory"]["target"] == ">= 5"
+    assert m["score_diff"]["target"] == "<= 1e-05" and m["quant_bytes"]["target"] == "<= 0.35"
+    assert m["discovery_time"]["met"] == (d["ratio"] >= 4)
+    assert m["capture_overhead"]["target"] is None  # stated for the mid-size config only
+    assert written["all_targets_met"] == all(v.get("met") is not False for v in m.values() if isinstance(v, dict))
+
+
+def test_reference_and_gazekit_scores_agree(result):
+    res, written = result
+    sd = written["models"]["qwen2vl-tiny"]["score_diff"]
+    assert sd["max_abs"] <= 1e-5
+    assert sd["max_score"] > 1e-3  # not vacuous: the 6x6 matrices hold real attention mass
+    assert sd["met"] is True
+
+
+def test_4bit_bytes_are_counted_from_the_loaded_layers(result):
+    res, written = result
+    q = written["models"]["qwen2vl-tiny"]["quant_bytes"]
+    size = bench.TINY
+    # every Linear of the 2-layer text model is converted: q, k, v, o, gate, up, down per layer
+    assert q["converted_layers"] == 7 * size.layers
+    hd = size.hidden // size.heads
+    per_layer = (size.hidden * size.hidden * 2 + 2 * size.hidden * size.kv_heads * hd
+                 + 3 * size.hidden * size.intermediate)
+    assert q["converted_fp16_bytes"] == 2 * size.layers * per_layer
+    # NF4 packs two weights per byte; the quantisation state adds a little
+    assert 0.25 <= q["ratio"] < 0.5
+
+
+def test_table_lists_each_measure(result):
+    res, _ = result
+    table = bench.format_table(res)
+    for label in ("discovery time", "extra peak memory", "max |score diff|", "capture vs plain", "steered gen",
+                  "4-bit / fp16"):
+        assert label in table
+
+
+def test_reference_recipe_matches_output_attentions_by_hand():
+    """The baseline itself against a by-hand reading of `output_attentions` (sum of the last row per panel)."""
+    from gazekit import load
+    from gazekit._reference import reference_row
+    from gazekit.regions import panel_question
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = bench.build_qwen_folder(bench.TINY, tmp)
+        vlm = bench._load_subject("qwen2vl-tiny", folder, "cpu", "float32")
+    strip = bench._strip_for("qwen2vl-tiny")
+    prep = vlm.prepare(strip, panel_question(2))
+    with pytest.raises(RuntimeError, match="eager"):
+        reference_row(vlm.model, dict(prep), prep.regions)
+    vlm.model.set_attn_implementation("eager")
+    got = reference_row(vlm.model, dict(prep), prep.regions)
+    with torch.no_grad():
+        att = vlm.model(**prep, output_attentions=True).attentions
+    for l, a in enumerate(att):
+        for r, pos in enumerate(prep.regions):
+            assert got[l, :, r] == pytest.approx(a[0, :, -1, pos.tolist()].sum(-1).double().numpy(), abs=1e-12)
+    assert len(got) == vlm.n_layers
+
+
+def test_unknown_model_is_refused():
+    with pytest.raises(ValueError, match="qwen2vl-mid"):
+        bench.run(["bogus"], out=None, verbose=False, progress=False)
+
+
+def test_memory_job_runs_in_a_fresh_process(tmp_path):
+    """The CLI's path: one job through `python -m gazekit.bench --_worker` in its own process."""
+    folder = bench.build_qwen_folder(bench.TINY, tmp_path / "model")
+    spec = dict(subject="qwen2vl-tiny", task="gazekit", folder=str(folder), device="cpu", dtype="float32", threads=1,
+                repeats=1, capture_repeats=1, gen_repeats=1, gen_tokens=2, tick=lambda: None)
+    got = bench._run_job(spec, True, tmp_path)
+    assert got["memory_bytes"] > 0
+    assert "VmHWM" in got["memory_how"] or "psutil" in got["memory_how"]
+    assert np.array(got["matrix"]).shape == (bench.TINY.layers, bench.TINY.heads, 6, 6)
