@@ -147,21 +147,34 @@ def _forward_split(stock, session, layer, rows, module, query, key, value, atten
     return out
 
 
+def _additive_last_row(attention_mask, B, Q, K, dtype, device) -> torch.Tensor:
+    """`_additive_mask(...)[:, :, -1:, :]` without building the other Q - 1 rows: [B, 1 or H, 1, K]."""
+    if attention_mask is None:  # causal, keys right-aligned: the last query row sees every key
+        return torch.zeros(B, 1, 1, K, dtype=dtype, device=device)
+    m = attention_mask[..., -1:, :K]
+    if m.dtype == torch.bool:
+        m = torch.zeros(m.shape, dtype=dtype, device=device).masked_fill(~m, torch.finfo(dtype).min)
+    else:
+        m = m.to(dtype)
+    return m.expand(B, m.shape[1], 1, K)
+
+
 def _record_last_row(session, layer, module, query, key, value, attention_mask, scaling):
     B, Hq, Q, D = query.shape
-    K = key.shape[-2]
-    rep = Hq // key.shape[1]
-    k = key.repeat_interleave(rep, dim=1) if rep > 1 else key
+    Hkv, K = key.shape[1], key.shape[-2]
+    rep = Hq // Hkv
     if scaling is None:
         scaling = getattr(module, "scaling", D ** -0.5)
-    q_last = query[:, :, -1:, :].float()
-    logits = torch.matmul(q_last, k.float().transpose(-1, -2)) * scaling  # [B, Hq, 1, K]
-    add = _additive_mask(attention_mask, B, Q, K, torch.float32, query.device)[:, :, -1:, :]
+    # grouped-query attention without repeating the keys: query head h reads key head h // rep, so the last rows of
+    # each group's `rep` query heads form one [rep, D] x [D, K] product
+    q_last = query[:, :, -1, :].float().reshape(B, Hkv, rep, D)
+    logits = (torch.matmul(q_last, key.float().transpose(-1, -2)) * scaling).reshape(B, Hq, 1, K)
+    add = _additive_last_row(attention_mask, B, Q, K, torch.float32, query.device)
     probs = torch.softmax(logits + add, dim=-1)[:, :, 0, :]  # [B, Hq, K]
     vnorm = None
     if session.want_value_norms:
-        v = value.repeat_interleave(rep, dim=1) if rep > 1 else value
-        vnorm = v.float().norm(dim=-1)  # [B, Hq, K]
+        vnorm = value.float().norm(dim=-1)  # [B, Hkv, K]
+        vnorm = vnorm.repeat_interleave(rep, dim=1) if rep > 1 else vnorm  # [B, Hq, K]
     session.record(layer, probs, vnorm, K)
 
 
