@@ -1,29 +1,37 @@
 """`python -m gazekit.bench` — gazekit against the paper's reference recipe, side by side, on your hardware.
 
-    python -m gazekit.bench --quick                       # ~3 min on one CPU thread
-    python -m gazekit.bench --repeats 5 --out bench.json  # more repeats
-    python -m gazekit.bench --device cuda                 # on a GPU
+    python -m gazekit.bench --quick                       # ~2.5 min on one CPU thread
+    python -m gazekit.bench                               # ~3.5 min: 3 repeats, 32-token generations
+    python -m gazekit.bench --device cuda                 # on a GPU (default when one is visible)
 
-or from a notebook: `gazekit.bench.run(quick=True)` (returns the same dict it writes as JSON).
+or from a notebook: `gazekit.bench.run(quick=True)` (returns the dict it writes as JSON). The exit status is 0 even
+when a target is missed: the table and the JSON's "missed" list say which.
 
-What it measures, per model (the embedded organism, and a mid-size random-weight Qwen2-VL with a ~650-token
-prompt built offline):
+Per model — the embedded organism (skipped, with a message, while its weights are absent; `--organism-dir` points
+at another one) and a mid-size random-weight Qwen2-VL (~77M parameters, ~310 MB in float32; a 1950x256 strip of
+six 320x256 panels gives a 666-token prompt), built offline with a small byte-level BPE and the real
+Qwen2VLImageProcessorPil — it measures:
 
-- discovery time per strip: the reference recipe (eager attention, `output_attentions=True`, six full forwards,
-  `gazekit._reference`) against `gazekit.discover` (shared image prefix encoded once, six suffixes on its KV cache,
-  last rows only);
-- extra peak memory of each. CPU: each method runs once in its own fresh process; peak resident memory minus that
-  process's resident memory just before (after loading the model and `malloc_trim`; the kernel's peak counter is
-  reset through /proc/self/clear_refs, or sampled with psutil where that file does not exist). GPU:
-  `torch.cuda.max_memory_allocated` minus the memory allocated before;
-- the largest absolute difference between the two methods' 6x6 matrices;
+- discovery time per strip: the reference recipe (`gazekit._reference`: eager attention in the whole model, as
+  `from_pretrained(attn_implementation="eager")` gives; `output_attentions=True`; six full forwards; the last row of
+  every layer summed over each panel) against `gazekit.discover` (image prefix encoded once, the six question
+  suffixes on its KV cache, last rows only). Both include preparing the six inputs;
+- extra peak memory of one strip. CPU: each method runs once in its own fresh process, after a warm-up on a small
+  strip (which pages in weights and kernels); peak RSS minus RSS just before (the kernel's peak counter is reset
+  through /proc/self/clear_refs, or RSS is sampled with psutil where that file is missing), with glibc told to give
+  freed blocks back at once (MALLOC_MMAP_THRESHOLD_) so that allocator slack is not counted. GPU:
+  `torch.cuda.max_memory_allocated` minus what was allocated before;
+- the largest absolute difference between the two methods' 6x6 matrices (target <= 1e-5);
 - capture overhead: `capture` against a plain uncaptured sdpa forward on the same prepared input;
-- steered against unsteered greedy generation of the same number of tokens (min_new_tokens = max_new_tokens);
-- 4-bit (bitsandbytes NF4, `gazekit.load(..., quantize="4bit")`) against fp16 bytes of the layers bitsandbytes
-  converts, and of the whole model for information.
+- steered (top ~9% heads by gaze score, panel 3) against unsteered greedy generation of the same number of tokens
+  (min_new_tokens = max_new_tokens);
+- 4-bit (bitsandbytes NF4 through `gazekit.load(path, quantize="4bit")`) against fp16 bytes of the layers
+  bitsandbytes converts (quantisation state included), and of the whole model for information.
 
-Timings alternate the two methods inside one process and report medians of the repeats. Everything runs in float32
-by default, so the score difference is a statement about the attention computation, not about rounding.
+Timings alternate the two methods of each pair inside one process; ratios are of medians. On a CPU with one torch
+thread (the default) the clock is the process's CPU time, which other programs on a shared machine barely disturb;
+otherwise wall-clock time. Both clocks are in the JSON. Everything runs in float32 by default, so the score
+difference measures the attention computation, not rounding.
 """
 from __future__ import annotations
 
@@ -38,7 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 

@@ -82,7 +82,6 @@ def test_table_lists_each_measure(result):
 
 def test_reference_recipe_matches_output_attentions_by_hand():
     """The baseline itself against a by-hand reading of `output_attentions` (sum of the last row per panel)."""
-    from gazekit import load
     from gazekit._reference import reference_row
     from gazekit.regions import panel_question
     import tempfile
