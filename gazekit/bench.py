@@ -545,6 +545,9 @@ def _run_job(spec: dict, isolate: bool, workdir: Path) -> dict:
     spec_path.write_text(json.dumps(spec))
     env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]), MKL_NUM_THREADS=str(spec["threads"]),
                TOKENIZERS_PARALLELISM="false")
+    # the job imports this same gazekit, also when it runs from a source checkout that is not installed
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     if spec["task"] in ("reference", "gazekit") and spec["device"] == "cpu":
         # glibc would otherwise serve mid-size tensors from its heap and keep freed pages resident, so RSS would
         # count allocator slack; a fixed mmap threshold returns every freed block of >= 64 KiB to the OS at once
