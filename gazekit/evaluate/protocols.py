@@ -386,7 +386,7 @@ class Results:
                       f"{100 * r['ci_high_nondefault']:.1f}]")
             junk = f" | {100 * r['junk_rate']:.1f}%" if "junk_rate" in r else ""
             lines.append(f"| {cond} | {int(r['n'])} | {cell}{nd}{junk} |")
-        head = "| condition | n | accuracy [95% CI]"
+        head = "| condition | n | " + ("mention rate" if self.metric == "mentioned" else "accuracy") + " [95% CI]"
         sep = "|---|---|---"
         if "accuracy_nondefault" in s:
             head += " | non-default targets [95% CI]"
