@@ -57,13 +57,13 @@ def plot_results(res, ax=None, by: str = "condition"):
         x = np.arange(len(s))
         ax.bar(x, y, color=sns.color_palette("deep", len(s)), width=0.65)
         ax.errorbar(x, y, yerr=err, fmt="none", ecolor="black", capsize=4, lw=1.2)
-        for xi, yi in zip(x, y):
-            ax.text(xi, yi + 0.02, f"{100 * yi:.1f}%", ha="center", va="bottom", fontsize=9)
+        for xi, yi, top in zip(x, y, s["ci_high"].to_numpy()):  # the value sits above its error bar
+            ax.text(xi, max(yi, top) + 0.02, f"{100 * yi:.1f}%", ha="center", va="bottom", fontsize=9)
         ax.set_xticks(x, labels, rotation=15, ha="right")
     if chance is not None:
         ax.axhline(chance, ls="--", color="gray", lw=1)
         ax.text(ax.get_xlim()[1], chance, " chance (1/6)", va="center", ha="left", fontsize=8, color="gray")
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 1.1)
     ax.set_ylabel(metric_name)
     ax.set_title(f"{res.protocol}: {res.config.get('model', '')}", fontsize=10)
     sns.despine(ax=ax)
