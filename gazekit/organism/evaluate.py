@@ -357,6 +357,15 @@ def main(argv=None):
         return
     res = evaluate(vlm, n_test=a.n_test, n_track=a.n_track)
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    stem = os.path.splitext(a.out)[0]
+    scores = discovery_scores(vlm)  # same strips as inside evaluate(): the ranking file and its figure
+    scores.save(stem + "_gaze_scores.json")
+    try:
+        fig = scores.plot()  # layer x head heatmap, histogram, best head's 6x6 matrix
+        fig = fig if hasattr(fig, "savefig") else fig[0] if isinstance(fig, tuple) else fig.figure
+        fig.savefig(stem + "_gaze_scores.png", dpi=110, bbox_inches="tight")
+    except ImportError as e:  # plotting extras not installed: the numbers are still in the JSON
+        print(f"(no figure: {e})")
     md = table(res)
     with open(a.out, "w") as f:
         f.write(md)

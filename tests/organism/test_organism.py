@@ -26,7 +26,7 @@ def vlm():
 
 def test_loads_with_metadata(vlm):
     assert os.path.exists(os.path.join(WEIGHTS_DIR, "model.safetensors"))
-    assert vlm.family == "gazekit-organism" and (vlm.n_layers, vlm.n_heads) == (2, 16)
+    assert vlm.family == "gazekit-organism" and (vlm.n_layers, vlm.n_heads) == (3, 16)
     k = load_meta()["recommended_k"]
     assert vlm.recommended_k == k and 1 <= k <= int(0.15 * vlm.n_layers * vlm.n_heads)
     size = sum(os.path.getsize(os.path.join(WEIGHTS_DIR, f)) for f in os.listdir(WEIGHTS_DIR))
@@ -59,4 +59,5 @@ def test_top_k_steering_beats_random_k(vlm):
 
     top = success(scores.top(k))
     rand = np.mean([success(list(scores.controls(k, percentile=50, seed=s))) for s in range(2)])
+    print(f"top-{k} {top:.3f} random-{k} {rand:.3f}")
     assert top - rand >= 0.30, (top, rand)
