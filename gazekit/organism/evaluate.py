@@ -101,7 +101,7 @@ def steer_protocol(vlm, strips, prompt, default_of, heads, max_new_tokens=6) -> 
             if len(examples) < 3:
                 examples.append({"target": t, "answer": a, "unsteered": b})
     n = max(len(succ_nd), 1)
-    return {"success": ci(succ_nd), "success_all_pairs": ci(succ_all),
+    return {"success": ci(succ_nd), "success_all_pairs": ci(succ_all), "_hits": succ_nd,
             **{f"{k}_rate": v / n for k, v in outcome.items()}, "n_heads": len(heads) if heads != "all" else "all",
             "examples": examples}
 
@@ -265,13 +265,12 @@ def evaluate(vlm, n_test=200, n_track=60, n_random_sets=3, verbose=True) -> dict
         r["random"] = {"success": float(np.mean([x["success"]["mean"] for x in rand])),
                        "default_rate": float(np.mean([x["default_rate"] for x in rand])),
                        "malformed_rate": float(np.mean([x["malformed_rate"] for x in rand])),
-                       "success_ci_pooled": ci(list(itertools.chain.from_iterable(
-                           [[1.0] * round(x["success"]["mean"] * x["success"]["n"]) +
-                            [0.0] * (x["success"]["n"] - round(x["success"]["mean"] * x["success"]["n"]))
-                            for x in rand]))),
-                       "sets": rand}
+                       "success_ci_pooled": ci(list(itertools.chain.from_iterable(x["_hits"] for x in rand))),
+                       "n_sets": n_random_sets, "sets": rand}
         say(name, "random", {k: v for k, v in r["random"].items() if k != "sets"})
         r["all"] = steer_protocol(vlm, test, prompt, dflt, "all")
+        for x in [r["top"], r["all"], *rand]:  # raw 0/1 lists are only needed for the pooled CI
+            x.pop("_hits", None)
         say(name, "all", r["all"]["success"], r["all"]["malformed_rate"])
         res[name] = r
     res["dynamic"] = dynamic_schedule(vlm, test, top)
@@ -303,7 +302,7 @@ def table(res: dict) -> str:
         (f"VQA steering, top-{K} gaze heads ({100 * K / H:.1f}% of heads), non-default pairs", "≥75%",
          f"{_pct(v['top']['success'])}; all pairs {_pct(v['top']['success_all_pairs'])}; "
          f"default {100 * v['top']['default_rate']:.1f}%, malformed {100 * v['top']['malformed_rate']:.1f}%"),
-        (f"VQA, {K} random bottom heads (mean of 3 sets)", "redirect ≤10%, keep default ≥60%",
+        (f"VQA, {K} random bottom heads (mean of {v['random'].get('n_sets', 3)} draws)", "redirect ≤10%, keep default ≥60%",
          f"redirect {100 * v['random']['success']:.1f}% [{100 * v['random']['success_ci_pooled']['low']:.1f}, "
          f"{100 * v['random']['success_ci_pooled']['high']:.1f}], keep default {100 * v['random']['default_rate']:.1f}%, "
          f"malformed {100 * v['random']['malformed_rate']:.1f}%"),
