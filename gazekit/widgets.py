@@ -404,10 +404,14 @@ class TargetPicker(_Widget):
         colours = ["0.6"] * R
         if idx is not None:
             colours[idx] = TARGET_COLOUR
-        ax.bar(x, self.attention, color=colours, width=0.6, label="steered" if idx is not None else "unsteered")
+        ax.bar(x, self.attention, color=colours, width=0.6)
         if idx is not None:
-            ax.bar(x, self.unsteered_attention, fill=False, ec="black", width=0.6, lw=1, label="unsteered")
-            ax.legend(frameon=False, fontsize=7, loc="upper right")
+            from matplotlib.patches import Patch
+
+            ax.bar(x, self.unsteered_attention, fill=False, ec="black", width=0.6, lw=1)
+            ax.legend(handles=[Patch(fc=TARGET_COLOUR, label="steered"),
+                               Patch(fill=False, ec="black", label="unsteered")],
+                      frameon=False, fontsize=7, loc="upper right")
         ax.set_xticks(x, scene.names)
         ax.set_ylim(0, 1)
         ax.set_ylabel("attention", fontsize=8)
