@@ -24,17 +24,17 @@ from gazekit.regions import N_PANELS, Strip, panel_question
 from gazekit.steer import Head
 
 
-@dataclass
 class ControlHeads(list):
-    """Random control heads; `.percentile_used` says how wide the bottom-of-ranking pool had to be."""
+    """Random control heads (a plain list of Head, compared as a list); `.percentile_used` says how wide the
+    bottom-of-ranking pool had to be, `.pool_size` how many heads it held."""
 
-    percentile_used: float = 5.0
-    pool_size: int = 0
-
-    def __init__(self, heads, percentile_used, pool_size):
+    def __init__(self, heads, percentile_used: float, pool_size: int):
         super().__init__(heads)
         self.percentile_used = percentile_used
         self.pool_size = pool_size
+
+    def __repr__(self):
+        return f"ControlHeads({list.__repr__(self)}, percentile_used={self.percentile_used}, pool_size={self.pool_size})"
 
 
 @dataclass
