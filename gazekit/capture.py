@@ -70,11 +70,7 @@ def capture(vlm, image, prompt: str) -> np.ndarray:
 
     Works inside `steer(...)` too, showing what the steered heads do. Regions follow `vlm.prepare(image, prompt)
     .regions` (panels left to right for a Strip)."""
-    prep = vlm.prepare(image, prompt)
-    rec = _RegionRecorder(vlm, _prepared_regions(vlm), steps={0})
-    with vlm._intervene(rec, "record"):
-        vlm.model(**prep, use_cache=False)
-    return rec.stacked(0)[:, 0]
+    return capture_prepared(vlm, vlm.prepare(image, prompt))[:, 0]
 
 
 @torch.no_grad()

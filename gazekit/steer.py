@@ -88,7 +88,6 @@ class _Steerer:
         self.phase = phase
         self._key_bias: Optional[torch.Tensor] = None  # [total_len] float32 for the current step
         self._cache_key = None
-        self.targets_seen: list = []  # (step, resolved 0-based region or box) per forward, for inspection
 
     def _target_at(self, step: int, session):
         t = self.target
@@ -105,7 +104,6 @@ class _Steerer:
         active = (self.phase == "all" or (self.phase == "decode" and step > 0) or
                   (self.phase == "prefill" and step == 0))
         target = self._target_at(step, session) if active else None
-        self.targets_seen.append((step, target))
         if target is None or not self.by_layer:
             self._key_bias = None
             return
