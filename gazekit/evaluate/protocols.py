@@ -77,6 +77,13 @@ def _digest(**spec) -> str:
     return hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
+def _spec_columns(arm, mode, strength) -> dict:
+    """The intervention columns of a results row (None for the unsteered condition)."""
+    steered = arm.heads is not None
+    return {"mode": mode if steered else None, "strength": float(strength) if steered else None,
+            "heads": json.dumps(_heads_json(arm.heads)) if steered else None}
+
+
 def _heads_json(heads):
     return "all" if isinstance(heads, str) else [[int(h[0]), int(h[1])] for h in heads]
 
@@ -479,9 +486,7 @@ def _static(protocol, vlm, strips, scores, arms, *, prompt, judge, log, shard, m
                         "unsteered_answer": u["answer"], "verdict_panel": v.panel, "junk": v.junk,
                         "failed": v.failed, "reason": v.reason, "baseline_copy": copy,
                         "hit": bool(v.hit(t) and not copy), "judge": getattr(judge, "name", "custom"),
-                        "mode": None if arm.heads is None else mode,
-                        "strength": None if arm.heads is None else float(strength),
-                        "heads": None if arm.heads is None else json.dumps(_heads_json(arm.heads)),
+                        **_spec_columns(arm, mode, strength),
                         "key": gkey})
     finally:
         pbar.close()
@@ -646,9 +651,7 @@ def dynamic(vlm, strips, scores, *, k: Optional[int] = None, conditions: Sequenc
                                  "strip_index": idx, "segment": j + 1, "target": t, "text": seg,
                                  "verdict_panel": v.panel, "junk": v.junk, "failed": v.failed, "reason": v.reason,
                                  "hit": v.hit(t), "answer": g["answer"],
-                                 "mode": None if arm.heads is None else mode,
-                                 "strength": None if arm.heads is None else float(strength),
-                                 "heads": None if arm.heads is None else json.dumps(_heads_json(arm.heads)),
+                                 **_spec_columns(arm, mode, strength),
                                  "schedule": json.dumps(order), "key": gkey})
     finally:
         pbar.close()
@@ -732,9 +735,7 @@ def boxes(vlm, scenes, scores, *, k: Optional[int] = None, conditions: Sequence[
                                  "n_heads": arm.n_heads, "percentile_used": arm.percentile_used, "scene": sid,
                                  "scene_index": idx, "target": name, "answer": g["answer"],
                                  "mentioned": mentions(g["answer"], name, synonyms.get(name, ())),
-                                 "mode": None if arm.heads is None else mode,
-                                 "strength": None if arm.heads is None else float(strength),
-                                 "heads": None if arm.heads is None else json.dumps(_heads_json(arm.heads)),
+                                 **_spec_columns(arm, mode, strength),
                                  "key": gkey})
     finally:
         pbar.close()
