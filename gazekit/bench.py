@@ -129,21 +129,14 @@ def _qwen_tokenizer():
 
 def _qwen_processor(tokenizer):
     from transformers import Qwen2VLImageProcessorPil, Qwen2VLProcessor
-    from transformers.processing_utils import ProcessorMixin
 
-    class OfflineQwen2VLProcessor(Qwen2VLProcessor):
-        """Qwen2VLProcessor without its video processor (which would need torchvision)."""
-
-        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-            self.image_token, self.video_token = "<|image_pad|>", "<|video_pad|>"
-            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
-            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
-            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+    from gazekit.models.offline import without_video_processor
 
     # max_pixels well above a 1950x256 strip: the processor only rounds it to multiples of 28 px
     imgp = Qwen2VLImageProcessorPil(patch_size=14, merge_size=2, temporal_patch_size=2,
                                     size={"shortest_edge": 28 * 28 * 4, "longest_edge": 28 * 28 * 2048})
-    return OfflineQwen2VLProcessor(image_processor=imgp, tokenizer=tokenizer, chat_template=_QWEN_TEMPLATE)
+    processor_cls = without_video_processor(Qwen2VLProcessor)
+    return processor_cls(image_processor=imgp, tokenizer=tokenizer, chat_template=_QWEN_TEMPLATE)
 
 
 def build_qwen_folder(size: QwenSize, folder, seed: int = 0) -> Path:
