@@ -200,25 +200,24 @@ def strip_matrix_fast(vlm, strip: Strip, questions, batch_suffixes: Optional[boo
     for i, q in enumerate(questions):
         p = vlm.prepare(strip, q)
         if i:  # suffixes only need the token-aligned inputs: don't keep five more copies of the pixel values
-            p = {k: v for k, v in p.items() if torch.is_tensor(v) and v.dim() == 2 and v.shape[1] == p.prompt_len}
+            p = {k: v for k, v in p.items() if _token_aligned(v, p.prompt_len)}
         preps.append(p)
     ids = [p["input_ids"][0] for p in preps]
     n = min(len(x) for x in ids)
-    common = 0
-    while common < n and all(bool(x[common] == ids[0][common]) for x in ids):
-        common += 1
+    same = (torch.stack([x[:n] for x in ids]) == ids[0][:n]).all(0)  # [n]: position shared by every question
+    common = n if bool(same.all()) else int((~same).nonzero()[0])
     regions = preps[0].regions
     if common <= int(max(r.max() for r in regions)) or common == n:
         return strip_matrix(vlm, strip, questions)  # the questions differ before the image ends
     model = vlm.model
-    prefix = {k: (v[:, :common] if torch.is_tensor(v) and v.dim() == 2 and v.shape[1] == len(ids[0]) else v)
-              for k, v in preps[0].items()}
+    prefix = {k: (v[:, :common] if _token_aligned(v, len(ids[0])) else v) for k, v in preps[0].items()}
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config.get_text_config())
     vlm._current = preps[0]
     keep = _logits_kw(model)  # the logits are never read: skip the [tokens x vocab] projection where possible
-    model(**prefix, **{_CACHE_KW: cache}, use_cache=True, **keep)
+    cache_kw = _cache_kw(model)
+    model(**prefix, **{cache_kw: cache}, use_cache=True, **keep)
     out = np.zeros((vlm.n_layers, vlm.n_heads, len(questions), len(regions)))
     rec = _RegionRecorder(vlm, lambda session: regions)
 
@@ -226,7 +225,7 @@ def strip_matrix_fast(vlm, strip: Strip, questions, batch_suffixes: Optional[boo
         rec.raw.clear()
         extras = vlm.adapter.suffix_inputs(extras_from, common, suffix)
         with vlm._intervene(rec, "record"):
-            model(input_ids=suffix, **{_CACHE_KW: c}, use_cache=True, **keep, **extras)
+            model(input_ids=suffix, **{cache_kw: c}, use_cache=True, **keep, **extras)
         step = max(rec.raw)
         return torch.stack([rec.raw[step][l] for l in range(vlm.n_layers)]).numpy()  # [L, B, H, R]
 
@@ -269,15 +268,15 @@ def _logits_kw(model) -> dict:
     return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
 
 
-def _cache_kw() -> str:
+def _cache_kw(model) -> str:
     import inspect
 
-    from transformers import LlavaForConditionalGeneration
-
-    params = inspect.signature(LlavaForConditionalGeneration.forward).parameters
+    params = inspect.signature(model.forward).parameters
     return "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.2x
 
 
-_CACHE_KW = _cache_kw()
+def _token_aligned(v, length: int) -> bool:
+    """A per-token input ([batch, tokens]: ids, masks, token types) of a prompt `length` tokens long."""
+    return torch.is_tensor(v) and v.dim() == 2 and v.shape[1] == length
 
 
