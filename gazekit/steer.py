@@ -110,12 +110,15 @@ class _Steerer:
         prep = self.vlm._current
         if prep is None:
             raise RuntimeError("steer: no prepared input; call vlm.prepare/ask/generate inside the context")
-        key = (id(prep), _hashable(target), session.total_len)
-        if key == self._cache_key:
+        T, B = session.total_len, self.strength
+        key = (id(prep), _hashable(target), session.prompt_len)
+        if key == self._cache_key and self._key_bias is not None:
+            if self._key_bias.numel() < T:  # keys decoded since: no bias, or -B for max_suppress_all
+                fill = -B if self.mode == "max_suppress_all" else 0.0
+                self._key_bias = torch.cat([self._key_bias, torch.full((T - self._key_bias.numel(),), fill)])
             return
         self._cache_key = key
         tgt_pos = resolve_target(prep, target)
-        T, B = session.total_len, self.strength
         bias = torch.zeros(T, dtype=torch.float32)
         img = prep.image_positions.cpu()
         P = session.prompt_len
@@ -146,12 +149,8 @@ class _Steerer:
         heads = self.by_layer.get(layer)
         if not heads or self._key_bias is None:
             return None
-        T = session.total_len
-        kb = self._key_bias
-        if kb.numel() < T:  # keys decoded after the last resolution carry no bias (or -B for max_suppress_all)
-            fill = -self.strength if self.mode == "max_suppress_all" else 0.0
-            kb = torch.cat([kb, torch.full((T - kb.numel(),), fill)])
-        keys = kb[T - K:T]  # keys are right-aligned (sliding-window layers keep only the last K)
+        T = session.total_len  # on_step has extended the key bias to T keys
+        keys = self._key_bias[T - K:T]  # keys are right-aligned (sliding-window layers keep only the last K)
         return heads, keys.to(device)
 
 
