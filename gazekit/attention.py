@@ -133,7 +133,7 @@ def _forward_split(stock, session, layer, rows, module, query, key, value, atten
     sel_mask = _biased_mask(attention_mask_sel, keys[None, :, None, :].expand(B, -1, 1, K), B, Q, K, query.dtype,
                             query.device)
     if session.recording:  # the last row of every head's mask: the model's own, biased for the selected heads
-        last = _additive_mask(attention_mask, B, Q, K, torch.float32, query.device)[:, :, -1:, :]
+        last = _additive_last_row(attention_mask, B, Q, K, torch.float32, query.device)
         last = last.expand(B, Hq, 1, K).clone()
         last[:, idx] = sel_mask[:, :, -1:, :].float()
         _record_last_row(session, layer, module, query, key, value, last, kwargs.get("scaling"))
@@ -148,15 +148,10 @@ def _forward_split(stock, session, layer, rows, module, query, key, value, atten
 
 
 def _additive_last_row(attention_mask, B, Q, K, dtype, device) -> torch.Tensor:
-    """`_additive_mask(...)[:, :, -1:, :]` without building the other Q - 1 rows: [B, 1 or H, 1, K]."""
-    if attention_mask is None:  # causal, keys right-aligned: the last query row sees every key
-        return torch.zeros(B, 1, 1, K, dtype=dtype, device=device)
-    m = attention_mask[..., -1:, :K]
-    if m.dtype == torch.bool:
-        m = torch.zeros(m.shape, dtype=dtype, device=device).masked_fill(~m, torch.finfo(dtype).min)
-    else:
-        m = m.to(dtype)
-    return m.expand(B, m.shape[1], 1, K)
+    """`_additive_mask(...)[:, :, -1:, :]` without building the other Q - 1 rows: [B, 1 or H, 1, K]. With no mask
+    (causal, keys right-aligned) the last query row sees every key, as `_additive_mask` gives for one query row."""
+    last = None if attention_mask is None else attention_mask[..., -1:, :]
+    return _additive_mask(last, B, 1, K, dtype, device)
 
 
 def _record_last_row(session, layer, module, query, key, value, attention_mask, scaling):
