@@ -9,17 +9,9 @@ import pytest
 from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fakes import FakeVLM, fake_scores, install_fake_steer  # noqa: E402
 
 from gazekit.evaluate import boxes, default_k, default_ks, dynamic, k_sweep, mentions, vqa  # noqa: E402
 from gazekit.evaluate.protocols import _Schedule, _segments, derangement  # noqa: E402
-
-
-@pytest.fixture
-def fake(monkeypatch):
-    install_fake_steer(monkeypatch)
-    vlm = FakeVLM()
-    return vlm, fake_scores(vlm)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from gazekit.evaluate.runlog import RunLog, in_shard, parse_shard, read_rows, sh
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-from fakes import FakeVLM, fake_scores, install_fake_steer  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------------ RunLog
@@ -84,13 +83,6 @@ def test_shard_log_paths(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ protocols on fakes
-@pytest.fixture
-def fake(monkeypatch):
-    install_fake_steer(monkeypatch)
-    vlm = FakeVLM()
-    return vlm, fake_scores(vlm)
-
-
 @pytest.fixture(scope="module")
 def strips():
     from gazekit.comics import synthetic
