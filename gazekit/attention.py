@@ -133,6 +133,9 @@ def _forward_split(stock, session, layer, rows, module, query, key, value, atten
     sel_mask = _biased_mask(attention_mask_sel, keys[None, :, None, :].expand(B, -1, 1, K), B, Q, K, query.dtype,
                             query.device)
     if session.recording:  # the last row of every head's mask: the model's own, biased for the selected heads
+        if session.query_rows is not None:
+            raise RuntimeError("recording chosen query rows while steering a prefill is not supported; "
+                               "capture without query_rows inside steer()")
         last = _additive_last_row(attention_mask, B, Q, K, torch.float32, query.device)
         last = last.expand(B, Hq, 1, K).clone()
         last[:, idx] = sel_mask[:, :, -1:, :].float()
@@ -154,23 +157,55 @@ def _additive_last_row(attention_mask, B, Q, K, dtype, device) -> torch.Tensor:
     return _additive_mask(last, B, 1, K, dtype, device)
 
 
+def _additive_rows(attention_mask, rows, B, Q, K, dtype, device) -> torch.Tensor:
+    """`_additive_mask(...)[:, :, rows, :]` for a few query rows: [B, 1 or H, len(rows), K]."""
+    if attention_mask is None:  # causal, keys right-aligned: query row r sees keys up to K - Q + r
+        r = torch.as_tensor(rows, device=device).view(-1, 1)
+        keep = torch.arange(K, device=device).view(1, -1) <= (K - Q + r)
+        m = torch.zeros(keep.shape, dtype=dtype, device=device).masked_fill(~keep, torch.finfo(dtype).min)
+        return m[None, None].expand(B, 1, len(rows), K)
+    m = attention_mask[..., :K]
+    m = m.expand(m.shape[0], m.shape[1], Q, K)[:, :, rows, :]
+    return _additive_mask(m, B, len(rows), K, dtype, device)
+
+
 def _record_last_row(session, layer, module, query, key, value, attention_mask, scaling):
+    """Record the last query row's attention — or, where a recorder asks for `query_rows` (discovery's packed
+    suffixes), those rows, handed on as extra batch rows: probs [B * n_rows, Hq, K]."""
     B, Hq, Q, D = query.shape
     Hkv, K = key.shape[1], key.shape[-2]
     rep = Hq // Hkv
     if scaling is None:
         scaling = getattr(module, "scaling", D ** -0.5)
-    # grouped-query attention without repeating the keys: query head h reads key head h // rep, so the last rows of
-    # each group's `rep` query heads form one [rep, D] x [D, K] product
-    q_last = query[:, :, -1, :].float().reshape(B, Hkv, rep, D)
-    logits = (torch.matmul(q_last, key.float().transpose(-1, -2)) * scaling).reshape(B, Hq, 1, K)
-    add = _additive_last_row(attention_mask, B, Q, K, torch.float32, query.device)
-    probs = torch.softmax(logits + add, dim=-1)[:, :, 0, :]  # [B, Hq, K]
+    rows = session.query_rows
+    if rows is None:
+        q_rows = query[:, :, -1:, :]
+        add = _additive_last_row(attention_mask, B, Q, K, torch.float32, query.device)
+    else:
+        q_rows = query[:, :, rows, :]
+        add = _additive_rows(attention_mask, rows, B, Q, K, torch.float32, query.device)
+    n = q_rows.shape[2]
+    # grouped-query attention without repeating the keys: query head h reads key head h // rep, so the chosen rows
+    # of each group's `rep` query heads form one [rep * n, D] x [D, K] product
+    q = q_rows.float().reshape(B, Hkv, rep * n, D)
+    logits = (torch.matmul(q, key.float().transpose(-1, -2)) * scaling).reshape(B, Hq, n, K)
+    probs = torch.softmax(logits + add, dim=-1)  # [B, Hq, n, K]
+    probs = probs.permute(0, 2, 1, 3).reshape(B * n, Hq, K)
     vnorm = None
     if session.want_value_norms:
         vnorm = value.float().norm(dim=-1)  # [B, Hkv, K]
         vnorm = vnorm.repeat_interleave(rep, dim=1) if rep > 1 else vnorm  # [B, Hq, K]
+        vnorm = vnorm.repeat_interleave(n, dim=0) if n > 1 else vnorm
     session.record(layer, probs, vnorm, K)
+
+
+def _set_config_impl(cfg, name):
+    """Set one config's attention implementation, not its sub-configs' (the public setter also sets those: a
+    config that is both the text and the top-level config would change its vision tower's too)."""
+    if hasattr(cfg, "_attn_implementation_internal"):
+        cfg._attn_implementation_internal = name
+    else:
+        cfg._attn_implementation = name
 
 
 class Session:
@@ -193,14 +228,16 @@ class Session:
     def install(self):
         _register()
         model = self.vlm.model
-        text_cfg = model.config.get_text_config()
-        self._previous_impl = getattr(text_cfg, "_attn_implementation", None) or "sdpa"
-        name = "gazekit_eager" if self._previous_impl == "eager" else "gazekit_sdpa"
+        configs = self._attention_configs()
+        self._previous_impl = [(cfg, cfg._attn_implementation) for cfg in configs]
+        was = configs[0]._attn_implementation or "sdpa"
+        name = "gazekit_eager" if was == "eager" else "gazekit_sdpa"
         with _LOCK:
             for mid in self.layer_of:
                 _SESSIONS[mid] = self
         try:
-            self._set_impl(name)
+            for cfg in configs:
+                _set_config_impl(cfg, name)
             self._hook = model.register_forward_pre_hook(self._pre_forward, with_kwargs=True)
         except BaseException:
             self.uninstall()
@@ -211,21 +248,27 @@ class Session:
             if self._hook is not None:
                 self._hook.remove()
                 self._hook = None
-            if self._previous_impl is not None:
-                self._set_impl(self._previous_impl)
+            for cfg, impl in self._previous_impl or ():
+                _set_config_impl(cfg, impl)
+            self._previous_impl = None
         finally:
             with _LOCK:
                 for mid in self.layer_of:
                     if _SESSIONS.get(mid) is self:
                         del _SESSIONS[mid]
 
-    def _set_impl(self, name):
-        model = self.vlm.model
-        text_cfg = model.config.get_text_config()
-        if text_cfg is model.config:
-            model.set_attn_implementation(name)
-        else:
-            model.set_attn_implementation({"text_config": name})
+    def _attention_configs(self) -> list:
+        """The config objects the language model's attention reads its implementation from (usually one: the text
+        config). Setting these directly, not through `model.set_attn_implementation` (which walks every module of
+        the model, ~0.6 ms per call on the 0.6M-parameter organism), touches exactly the language model's attention
+        and mask creation; the vision tower keeps its own."""
+        text = self.vlm.model.config.get_text_config()
+        found = {id(text): text}
+        for module in [self.vlm.adapter.language_model(), *self.vlm.adapter.attention_modules()]:
+            cfg = getattr(module, "config", None)
+            if cfg is not None and hasattr(cfg, "_attn_implementation"):
+                found.setdefault(id(cfg), cfg)
+        return list(found.values())
 
     # -- step bookkeeping (forward pre-hook on the whole model) --------------------------------------------------
     def _pre_forward(self, module, args, kwargs):
@@ -251,6 +294,14 @@ class Session:
     @property
     def recording(self) -> bool:
         return bool(self.recorders)
+
+    @property
+    def query_rows(self) -> Optional[list]:
+        """Query rows (indices into this forward's queries) the recorders want; None: the last row."""
+        asked = {tuple(r.query_rows) for r in self.recorders if getattr(r, "query_rows", None) is not None}
+        if len(asked) > 1:
+            raise RuntimeError("two active recorders ask for different query rows; run them one after the other")
+        return list(asked.pop()) if asked else None
 
     @property
     def want_value_norms(self) -> bool:

@@ -15,8 +15,10 @@ import torch
 class _RegionRecorder:
     """Records, per forward step, every layer's last-row attention summed over regions: [L, B, H, R]."""
 
-    def __init__(self, vlm, regions_of, value_norms: bool = False, steps: Optional[set] = None):
+    def __init__(self, vlm, regions_of, value_norms: bool = False, steps: Optional[set] = None,
+                 query_rows: Optional[list] = None):
         self.vlm = vlm
+        self.query_rows = query_rows  # None: the last query row; else these rows, as extra batch rows
         self.regions_of = regions_of  # callable(session) -> list[LongTensor] of absolute positions
         self.value_norms = value_norms
         self.steps = steps
@@ -24,6 +26,7 @@ class _RegionRecorder:
         self.weighted: dict[int, dict[int, torch.Tensor]] = {}
         self._step = 0
         self._regions = None
+        self._indicator = None  # (key, [K, R] 0/1 matrix, regions) for the current step's key layout
 
     def on_step(self, session):
         self._step = session.step
@@ -41,12 +44,16 @@ class _RegionRecorder:
             self.weighted.setdefault(self._step, {})[layer] = self._reduce(w, offset, K)
 
     def _reduce(self, probs, offset, K):
-        cols = []
-        for pos in self._regions:
-            idx = pos.to(probs.device) - offset
-            idx = idx[(idx >= 0) & (idx < K)]
-            cols.append(probs[..., idx].sum(-1))
-        return torch.stack(cols, dim=-1).detach().to("cpu", torch.float64)  # [B, H, R]
+        """probs [..., K] summed over each region's keys -> [..., R] float64 on the CPU: one product with a 0/1
+        [K, R] indicator (one kernel per layer instead of an index and a sum per region)."""
+        key = (id(self._regions), offset, K, probs.device)
+        if self._indicator is None or self._indicator[0] != key:
+            ind = torch.zeros(K, len(self._regions), dtype=torch.float32, device=probs.device)
+            for r, pos in enumerate(self._regions):
+                idx = pos.to(probs.device) - offset
+                ind[idx[(idx >= 0) & (idx < K)], r] = 1.0
+            self._indicator = (key, ind, self._regions)  # the regions are kept so their id stays theirs
+        return torch.matmul(probs.float(), self._indicator[1]).detach().to("cpu", torch.float64)  # [B, H, R]
 
     def stacked(self, step: int, weighted: bool = False) -> np.ndarray:
         src = (self.weighted if weighted else self.raw).get(step)

@@ -60,6 +60,10 @@ class Adapter:
     region_note: ClassVar[str] = ""
     #: whether the six panel questions may share an encoded image prefix (KV cache) in discovery
     supports_prefix_cache: ClassVar[bool] = True
+    #: whether the six panel questions may share one forward, their suffixes packed after the prompt's common
+    #: prefix under a custom 4-D mask with 1-D positions: needs plain causal attention over the prompt and 1-D
+    #: rotary positions (not Qwen's M-RoPE, not Gemma 3's bidirectional image block)
+    supports_packed_prompt: ClassVar[bool] = True
 
     def __init__(self, model, processor):
         self.model = model
@@ -118,11 +122,55 @@ class Adapter:
     def image_cells(self, inputs, row: int, scene, fed_size: tuple[int, int], offset) -> ImageCells:
         raise NotImplementedError
 
-    def suffix_inputs(self, prepared, common: int, suffix_ids: torch.Tensor) -> dict:
+    def question_inputs(self, prepared, prompts) -> list:
+        """For each of `prompts`, the token-aligned inputs (input_ids, attention_mask, token types) of that prompt
+        asked about the image the one-row `prepared` holds — without running the image processor again (None for a
+        prompt where that cannot be done safely: prepare it normally). Discovery asks six questions of each strip;
+        on a small model preparing the image six times costs more than the model.
+
+        How: tokenize the chat texts with the image placeholder unexpanded; the old and a new text agree up to some
+        token c after the image; `prepared`'s expanded ids end with the old text's tokens from c on (checked), and
+        these are replaced by the new text's."""
+        tok = getattr(self.processor, "tokenizer", None)
+        if tok is None or not callable(tok) or len(prepared.prompts) != 1:
+            return [None] * len(prompts)
+        try:
+            old, *news = (list(tok(self.chat_text(p), add_special_tokens=False)["input_ids"])
+                          for p in [prepared.prompts[0], *prompts])
+        except Exception:  # a tokenizer that cannot read the template text on its own
+            return [None] * len(prompts)
+        ids = prepared["input_ids"][0]
+        aligned = {k: v for k, v in prepared.items() if torch.is_tensor(v) and v.dim() == 2 and v.shape[1] == len(ids)}
+        last_image = int(prepared.image_positions.max())
+        out = []
+        for new in news:
+            c = 0
+            while c < min(len(old), len(new)) and old[c] == new[c]:
+                c += 1
+            tail_old, tail_new = old[c:], new[c:]
+            cut = len(ids) - len(tail_old)
+            if not tail_old or not tail_new or cut <= last_image or ids[cut:].tolist() != tail_old:
+                out.append(None)
+                continue
+            row = {}
+            for k, v in aligned.items():
+                if k == "input_ids":
+                    row[k] = torch.cat([ids[:cut], torch.tensor(tail_new, dtype=ids.dtype, device=ids.device)])[None]
+                elif k == "attention_mask":
+                    row[k] = torch.ones(1, cut + len(tail_new), dtype=v.dtype, device=v.device)
+                else:  # token types: the new tail is text, typed like the old prompt's last token
+                    row[k] = torch.cat([v[0, :cut], v[0, -1:].expand(len(tail_new))])[None]
+            out.append(row)
+        return out
+
+    def suffix_inputs(self, prepared, common: int, suffix_ids: torch.Tensor, positions=None) -> dict:
         """Extra inputs for running `suffix_ids` [B, S] on a KV cache that holds the first `common` prompt tokens
-        (discovery's shared-prefix path): an attention mask over past + new tokens, plus family extras."""
+        (discovery's shared-prefix path): an attention mask over past + new tokens, plus family extras.
+        `positions` [S] (packed suffixes): each token's position in its own prompt, else common, common + 1, ..."""
         B, S = suffix_ids.shape
         out = {"attention_mask": torch.ones(B, common + S, dtype=torch.long, device=suffix_ids.device)}
+        if positions is not None:
+            out["position_ids"] = positions.to(suffix_ids.device).view(1, S).expand(B, S)
         for k in ("mm_token_type_ids", "token_type_ids"):
             if k in prepared:
                 out[k] = prepared[k][:, common:].expand(B, -1)
@@ -195,6 +243,7 @@ class LlavaAdapter(Adapter):
 class Qwen2VLAdapter(Adapter):
     family = "qwen2_vl"
     model_types = ("qwen2_vl",)
+    supports_packed_prompt = False  # M-RoPE positions of the image come from the model's own rope index
     region_note = ("Qwen2-VL family: one image, resized (aspect kept, no crop) to multiples of patch*merge; after "
                    "the spatial merge each image token covers a merge x merge block of patches, laid out row-major "
                    "over image_grid_thw; a token belongs to the region containing its block centre.")
@@ -209,13 +258,15 @@ class Qwen2VLAdapter(Adapter):
         W, H = scene.image.size
         return ImageCells(pos, _grid_centres(gh, gw, (0, 0, W, H)))
 
-    def suffix_inputs(self, prepared, common, suffix_ids):
+    def suffix_inputs(self, prepared, common, suffix_ids, positions=None):
         # M-RoPE: text after the image continues from the prefix's rope delta, on all position axes
         out = super().suffix_inputs(prepared, common, suffix_ids)
         out.pop("attention_mask")
         B, S = suffix_ids.shape
         delta = self.model.model.rope_deltas
-        pos = torch.arange(common, common + S, device=suffix_ids.device).view(1, 1, -1)
+        if positions is None:
+            positions = torch.arange(common, common + S)
+        pos = positions.to(suffix_ids.device).view(1, 1, -1)
         pos = pos + delta.to(suffix_ids.device).view(1, -1, 1)[:, :1]
         n_axes = 3
         out["position_ids"] = pos.expand(n_axes, B, S)

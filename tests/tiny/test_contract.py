@@ -413,6 +413,46 @@ def test_discover_fast_path_equals_naive(case):
     assert np.abs(fast.matrix - naive.matrix).max() <= 1e-5
 
 
+@pytest.mark.parametrize("mode", ["single", "packed", "batched", "sequential"])
+def test_every_discovery_mode_equals_naive(case, mode):
+    """Each way of running the six suffixes gives the naive path's matrix, or refuses with a clear error where the
+    model cannot use it (single: M-RoPE / bidirectional image block; packed, sequential: a short sliding window)."""
+    from gazekit.discover import strip_matrix, strip_matrix_fast
+
+    family, vlm, strip = case
+    questions = [panel_question(k) for k in range(1, 7)]
+    allowed = {"single": vlm.adapter.supports_packed_prompt and family != GEMMA3_SLIDING,
+               "packed": family != GEMMA3_SLIDING, "sequential": family != GEMMA3_SLIDING, "batched": True}[mode]
+    if not allowed:
+        with pytest.raises(ValueError, match="mode="):
+            strip_matrix_fast(vlm, strip, questions, mode=mode)
+        return
+    got = strip_matrix_fast(vlm, strip, questions, mode=mode)
+    want = strip_matrix(vlm, strip, questions)
+    assert np.abs(got - want).max() <= 1e-5
+    assert want.sum(-1).min() > 0.01  # every head puts some mass on the image: not an all-zero comparison
+
+
+def test_question_ids_without_the_image_processor_match_the_processor(case):
+    """Discovery prepares the image once and derives the other five questions' ids from the tokenizer alone; they
+    must be exactly what the processor gives (and be derived, not fall back, for every family we ship)."""
+    family, vlm, strip = case
+    questions = [panel_question(k) for k in range(1, 7)]
+    first = vlm.prepare(strip, questions[0])
+    derived = vlm.adapter.question_inputs(first, questions[1:])
+    assert all(d is not None for d in derived), f"{family}: fell back to the processor"
+    for q, d in zip(questions[1:], derived):
+        want = vlm.prepare(strip, q)
+        for k, v in d.items():
+            assert torch.equal(v, want[k]), f"{family}: {k} differs for {q!r}"
+    # the splice is checked: ids that do not end with the recorded prompt's tokens are refused, not spliced
+    first.prompts = [questions[2]]
+    try:
+        assert vlm.adapter.question_inputs(first, [questions[1]]) == [None]
+    finally:
+        first.prompts = [questions[0]]
+
+
 @pytest.mark.parametrize("family", CASES)
 def test_4bit_load_captures_and_steers(family, tmp_path, oracle_log):
     import bitsandbytes as bnb

@@ -17,6 +17,7 @@ from gazekit.models.adapters import Adapter, ImageCells, _grid_centres, register
 class Gemma3Adapter(Adapter):
     family = "gemma3"
     model_types = ("gemma3",)
+    supports_packed_prompt = False  # image tokens attend to each other bidirectionally; a causal 4-D mask would not
     region_note = ("Gemma 3: the image is squeezed to a square (no crop), and its g x g pooled tokens (16 x 16 in the "
                    "real models) are row-major over the whole image; a token belongs to the region containing its "
                    "cell centre mapped back to the original image.")
