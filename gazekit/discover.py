@@ -21,6 +21,7 @@ import torch
 
 from gazekit.capture import _RegionRecorder, capture_prepared
 from gazekit.regions import N_PANELS, Strip, panel_question
+from gazekit.models.vlm import LayoutMismatch
 from gazekit.steer import Head
 
 
@@ -156,23 +157,47 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.stem + ".gazekit.npz")
 
 
-def discover(vlm, strips: Sequence[Strip], *, progress: bool = True, fast: bool = True,
-             questions=None) -> GazeScores:
-    """Gaze scores from comic strips (the paper's six panel questions per strip)."""
+def discover(vlm, strips: Sequence[Strip], *, progress: bool = True, fast: bool = True, questions=None,
+             batch_tokens: int = 1024) -> GazeScores:
+    """Gaze scores from comic strips (the paper's six panel questions per strip).
+
+    fast: the shared-prefix path (`strips_matrix_fast`), else six full forwards per strip. batch_tokens: strips
+    with one token layout (e.g. the organism's) run several to a forward, up to this many tokens per forward
+    (one strip at a time where one strip's packed prompt is longer, as on real models with ~1000 image tokens).
+    Peak memory grows with it; batch_tokens=0 runs one strip at a time."""
     strips = list(strips)
     if not strips:
         raise ValueError("discover needs at least one strip, e.g. gazekit.comics.synthetic(20, seed=0)")
     for i, s in enumerate(strips):
         if not isinstance(s, Strip):
             raise TypeError(f"strip {i} is a {type(s).__name__}; build strips with gazekit.Strip.from_panels")
+    if batch_tokens < 0:
+        raise ValueError(f"batch_tokens must be >= 0 (0: one strip per forward), got {batch_tokens}")
     questions = questions or [panel_question(k) for k in range(1, N_PANELS + 1)]
     from tqdm.auto import tqdm
 
     total = np.zeros((vlm.n_layers, vlm.n_heads, N_PANELS, N_PANELS))
     use_fast = fast and vlm.adapter.supports_prefix_cache
-    for strip in tqdm(strips, desc="discover", unit="strip", disable=not progress):
-        m = strip_matrix(vlm, strip, questions) if not use_fast else strip_matrix_fast(vlm, strip, questions)
-        total += m
+    per_forward = 1  # strips per forward; set from the first strip's packed length
+    done = 0
+    with tqdm(total=len(strips), desc="discover", unit="strip", disable=not progress) as bar:
+        while done < len(strips):
+            if not use_fast:
+                total += strip_matrix(vlm, strips[done], questions)
+                chunk = 1
+            else:
+                chunk = min(per_forward, len(strips) - done)
+                try:
+                    got, row_tokens = _strips_matrix_fast(vlm, strips[done:done + chunk], questions)
+                except LayoutMismatch:  # strips of different token layouts (sizes): one at a time from here on
+                    got, row_tokens = _strips_matrix_fast(vlm, strips[done:done + 1], questions)
+                    chunk = per_forward = 1
+                    batch_tokens = 0
+                total += got.sum(0)
+                if done == 0 and batch_tokens:
+                    per_forward = max(1, batch_tokens // max(row_tokens, 1))
+            done += chunk
+            bar.update(chunk)
     return GazeScores.from_matrix(total / len(strips), model_name=vlm.name, n_strips=len(strips))
 
 
@@ -186,10 +211,15 @@ def strip_matrix(vlm, strip: Strip, questions) -> np.ndarray:
     return np.stack(rows, axis=2)
 
 
-@torch.no_grad()
 def strip_matrix_fast(vlm, strip: Strip, questions, mode: Optional[str] = None) -> np.ndarray:
-    """Shared-prefix path: prepare the image once and encode the six prompts' common prefix (the image) once.
-    Returns [L, H, 6 (queried), 6 (attended)], equal to `strip_matrix` (six full forwards).
+    """`strips_matrix_fast` for one strip: [L, H, 6 (queried), 6 (attended)]."""
+    return strips_matrix_fast(vlm, [strip], questions, mode)[0]
+
+
+def strips_matrix_fast(vlm, strips: Sequence[Strip], questions, mode: Optional[str] = None) -> np.ndarray:
+    """Shared-prefix path for strips of one token layout (run as one batch): prepare each image once and encode
+    the six prompts' common prefix (the image) once. Returns [strips, L, H, 6 (queried), 6 (attended)], equal to
+    `strip_matrix` (six full forwards) for each strip. Raises `LayoutMismatch` for strips of different layouts.
 
     mode (None: the first the model allows, in this order):
       "single": one forward of the prefix followed by the six question suffixes packed in the same row, each
@@ -200,52 +230,62 @@ def strip_matrix_fast(vlm, strip: Strip, questions, mode: Optional[str] = None) 
       "batched": the six suffixes as a batch on six copies of the cache (sliding-window layers, which a 4-D mask
           cannot express next to full ones, and a steered prefill).
       "sequential": one suffix at a time on the one cache, cropped back after each (least memory, slowest).
-    Measured on the organism (53-token prompts, 1 CPU thread): single 8.9 ms per strip, packed and batched 12.8,
-    sequential 35; six full forwards 26 ms with sdpa, 37 ms with the reference's eager attention."""
-    first = vlm.prepare(strip, questions[0])
+    Measured on the organism (one strip, 53-token prompts, 1 CPU thread): single 11 ms, packed and batched 13,
+    sequential 31; six full forwards 26 ms with sdpa, 37 ms with the reference's eager attention."""
+    return _strips_matrix_fast(vlm, strips, questions, mode)[0]
+
+
+@torch.no_grad()
+def _strips_matrix_fast(vlm, strips, questions, mode=None):
+    """(matrices [B, L, H, 6, 6], tokens in one strip's forward row)."""
+    strips = list(strips)
+    B = len(strips)
+    first = vlm.prepare_batch(strips, [questions[0]] * B)
     preps = [first]
-    # the other questions need only their token ids: don't process the image again
+    # the other questions need only their token ids: don't process the images again
     for q, p in zip(questions[1:], vlm.adapter.question_inputs(first, questions[1:])):
         if p is None:
-            p = vlm.prepare(strip, q)
+            p = vlm.prepare_batch(strips, [q] * B)
             p = {k: v for k, v in p.items() if _token_aligned(v, p.prompt_len)}
         preps.append(p)
     vlm._current = first
-    ids = [p["input_ids"][0] for p in preps]
-    n = min(len(x) for x in ids)
-    same = (torch.stack([x[:n] for x in ids]) == ids[0][:n]).all(0)  # [n]: position shared by every question
+    ids = [p["input_ids"] for p in preps]  # [B, L_q] each
+    n = min(x.shape[1] for x in ids)
+    same = (torch.stack([x[:, :n] for x in ids]) == ids[0][:, :n]).all(0).all(0)  # [n]: shared by every question
     common = n if bool(same.all()) else int((~same).nonzero()[0])
     regions = first.regions
-    if common <= int(max(r.max() for r in regions)) or common == n:
-        return strip_matrix(vlm, strip, questions)  # the questions differ before the image ends
+    if common <= int(max(r.max() for r in regions)) or common == n:  # the questions differ before the image ends
+        return np.stack([strip_matrix(vlm, s, questions) for s in strips]), ids[0].shape[1]
     model = vlm.model
     keep = _logits_kw(model)  # the logits are never read: skip the [tokens x vocab] projection where possible
     cache_kw = _cache_kw(model)
-    suffixes = [x[common:] for x in ids]
-    lengths = np.array([len(x) for x in suffixes])
+    suffixes = [x[:, common:] for x in ids]  # [B, S_q] each
+    lengths = np.array([x.shape[1] for x in suffixes])
     ends = np.cumsum(lengths)
     starts = ends - lengths
-    packed = torch.cat(suffixes)[None]
-    positions = torch.cat([torch.arange(common, common + len(x)) for x in suffixes])
+    packed = torch.cat(suffixes, dim=1)  # [B, S]
+    S = packed.shape[1]
+    positions = torch.cat([torch.arange(common, common + int(n_q)) for n_q in lengths])
     # per-token inputs other than the ids (masks, token types): the shared prefix, then every suffix's own
     joined = {k: torch.cat([first[k][:, :common]] + [p[k][:, common:] for p in preps], dim=1)
-              for k in first if k != "input_ids" and _token_aligned(first[k], len(ids[0]))}
+              for k in first if k != "input_ids" and _token_aligned(first[k], ids[0].shape[1])}
     steering = vlm._session is not None and bool(vlm._session.steerers)
     window = _shortest_window(model)
     if mode is None:
-        if vlm.adapter.supports_packed_prompt and not steering and window >= common + len(packed[0]):
+        if vlm.adapter.supports_packed_prompt and not steering and window >= common + S:
             mode = "single"
         else:
-            mode = "packed" if not steering and window == _NO_WINDOW else "batched"
+            mode = "packed" if not steering and window >= common + S else "batched"
     if mode not in ("single", "packed", "batched", "sequential"):
         raise ValueError(f"mode must be 'single', 'packed', 'batched' or 'sequential', got {mode!r}")
     if mode == "single" and not vlm.adapter.supports_packed_prompt:
         raise ValueError(f"mode='single' is not available for {vlm.family} (see Adapter.supports_packed_prompt); "
                          "use mode='packed'")
-    if mode != "batched" and window < common + len(packed[0]):
+    if mode != "batched" and window < common + S:
         raise ValueError(f"mode={mode!r} needs every attention layer to see the whole prompt (this model has a "
                          f"{window}-key sliding window); use mode='batched'")
-    out = np.zeros((vlm.n_layers, vlm.n_heads, len(questions), len(regions)))
+    Q = len(questions)
+    out = np.zeros((B, vlm.n_layers, vlm.n_heads, Q, len(regions)))
 
     def run(inputs, query_rows=None):
         rec = _RegionRecorder(vlm, lambda session: regions, query_rows=query_rows)
@@ -254,47 +294,60 @@ def strip_matrix_fast(vlm, strip: Strip, questions, mode: Optional[str] = None) 
         step = max(rec.raw)
         return torch.stack([rec.raw[step][l] for l in range(vlm.n_layers)]).numpy()  # [L, rows, H, R]
 
+    def unpack(got):  # [L, B * Q, H, R], row b * Q + q -> [B, L, H, Q, R]
+        return got.reshape(got.shape[0], B, Q, *got.shape[2:]).transpose(1, 0, 3, 2, 4)
+
+    dev = packed.device
     if mode == "single":
-        inputs = {k: v for k, v in first.items() if not _token_aligned(v, len(ids[0]))}  # pixel values etc.
+        inputs = {k: v for k, v in first.items() if not _token_aligned(v, ids[0].shape[1])}  # pixel values etc.
         inputs.update({k: v for k, v in joined.items() if k != "attention_mask"})
-        inputs["input_ids"] = torch.cat([ids[0][:common], packed[0]])[None]
-        inputs["position_ids"] = torch.cat([torch.arange(common), positions])[None].to(packed.device)
-        inputs["attention_mask"] = _packed_mask(common, starts, ends, vlm.dtype, packed.device, with_prefix=True)
-        got = run(dict(inputs, use_cache=False), query_rows=[common + int(e) - 1 for e in ends])
-        out[:] = got.transpose(0, 2, 1, 3)
-        return out
+        inputs["input_ids"] = torch.cat([ids[0][:, :common], packed], dim=1)
+        inputs["position_ids"] = torch.cat([torch.arange(common), positions])[None].expand(B, -1).to(dev)
+        inputs["attention_mask"] = _packed_mask(common, starts, ends, _mask_dtype(vlm), dev, with_prefix=True)
+        out[:] = unpack(run(dict(inputs, use_cache=False), query_rows=[common + int(e) - 1 for e in ends]))
+        return out, common + S
 
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config.get_text_config())
-    prefix = {k: (v[:, :common] if _token_aligned(v, len(ids[0])) else v) for k, v in first.items()}
+    prefix = {k: (v[:, :common] if _token_aligned(v, ids[0].shape[1]) else v) for k, v in first.items()}
     model(**prefix, **{cache_kw: cache}, use_cache=True, **keep)
     on_cache = {cache_kw: cache, "use_cache": True}
     if mode == "packed":
         extras = vlm.adapter.suffix_inputs(joined, common, packed, positions=positions)
-        extras["attention_mask"] = _packed_mask(common, starts, ends, vlm.dtype, packed.device)
-        got = run(dict(input_ids=packed, **on_cache, **extras), query_rows=[int(e) - 1 for e in ends])
-        out[:] = got.transpose(0, 2, 1, 3)
-        return out
+        extras["attention_mask"] = _packed_mask(common, starts, ends, _mask_dtype(vlm), dev)
+        out[:] = unpack(run(dict(input_ids=packed, **on_cache, **extras), query_rows=[int(e) - 1 for e in ends]))
+        return out, common + S
     if mode == "sequential":
         for qi, x in enumerate(suffixes):
-            extras = vlm.adapter.suffix_inputs(preps[qi], common, x[None])
-            out[:, :, qi, :] = run(dict(input_ids=x[None], **on_cache, **extras))[:, 0]
-            cache.crop(-len(x))
-        return out
+            extras = vlm.adapter.suffix_inputs(preps[qi], common, x)
+            out[:, :, :, qi, :] = run(dict(input_ids=x, **on_cache, **extras)).transpose(1, 0, 2, 3)
+            cache.crop(-x.shape[1])
+        return out, common + S
     groups: dict[int, list[int]] = {}
     for qi, x in enumerate(suffixes):
-        groups.setdefault(len(x), []).append(qi)
+        groups.setdefault(x.shape[1], []).append(qi)
     for gi, (length, members) in enumerate(groups.items()):
-        suffix = torch.stack([suffixes[qi] for qi in members])
+        m = len(members)
+        # batch_repeat_interleave repeats each strip's cache row m times in place: row b * m + j = question j
+        suffix = torch.stack([suffixes[qi] for qi in members], dim=1).reshape(B * m, length)
         c = cache if gi == len(groups) - 1 else copy.deepcopy(cache)  # the last group may consume the prefix cache
-        if len(members) > 1:
-            c.batch_repeat_interleave(len(members))
-        extras = vlm.adapter.suffix_inputs(preps[members[0]], common, suffix)
-        got = run(dict(input_ids=suffix, **{cache_kw: c}, use_cache=True, **extras))
+        if m > 1:
+            c.batch_repeat_interleave(m)
+        extras = vlm.adapter.suffix_inputs(preps[members[0]], common, suffix[:1])
+        extras = {k: (v.repeat_interleave(m * B // v.shape[0], dim=0) if torch.is_tensor(v) and v.dim() == 2
+                      and v.shape[0] == 1 else v) for k, v in extras.items()}
+        got = run(dict(input_ids=suffix, **{cache_kw: c}, use_cache=True, **extras))  # [L, B * m, H, R]
+        got = got.reshape(got.shape[0], B, m, *got.shape[2:])
         for j, qi in enumerate(members):
-            out[:, :, qi, :] = got[:, j]
-    return out
+            out[:, :, :, qi, :] = got[:, :, j].transpose(1, 0, 2, 3)
+    return out, common + S
+
+
+def _mask_dtype(vlm):
+    """sdpa takes a boolean mask (cheaper than an additive one); eager attention adds the mask to its logits."""
+    impl = getattr(vlm.model.config.get_text_config(), "_attn_implementation", None)
+    return vlm.dtype if impl == "eager" else torch.bool
 
 
 _NO_WINDOW = 1 << 62
@@ -326,6 +379,8 @@ def _packed_mask(common: int, starts, ends, dtype, device, with_prefix: bool = F
         top = torch.ones(common, common, dtype=torch.bool).tril()
         top = torch.cat([top, torch.zeros(common, S, dtype=torch.bool)], dim=1)
         keep = torch.cat([top, keep], dim=0)
+    if dtype == torch.bool:
+        return keep[None, None].to(device)
     mask = torch.zeros(keep.shape, dtype=dtype).masked_fill(~keep, torch.finfo(dtype).min)
     return mask[None, None].to(device)
 

@@ -124,23 +124,24 @@ class Adapter:
 
     def question_inputs(self, prepared, prompts) -> list:
         """For each of `prompts`, the token-aligned inputs (input_ids, attention_mask, token types) of that prompt
-        asked about the image the one-row `prepared` holds — without running the image processor again (None for a
-        prompt where that cannot be done safely: prepare it normally). Discovery asks six questions of each strip;
-        on a small model preparing the image six times costs more than the model.
+        asked about the images `prepared` holds (one prompt for all its rows) — without running the image
+        processor again (None for a prompt where that cannot be done safely: prepare it normally). Discovery asks
+        six questions of each strip; on a small model preparing the image six times costs more than the model.
 
         How: tokenize the chat texts with the image placeholder unexpanded; the old and a new text agree up to some
         token c after the image; `prepared`'s expanded ids end with the old text's tokens from c on (checked), and
         these are replaced by the new text's."""
         tok = getattr(self.processor, "tokenizer", None)
-        if tok is None or not callable(tok) or len(prepared.prompts) != 1:
+        if tok is None or not callable(tok) or len(set(prepared.prompts)) != 1:
             return [None] * len(prompts)
         try:
-            old, *news = (list(tok(self.chat_text(p), add_special_tokens=False)["input_ids"])
-                          for p in [prepared.prompts[0], *prompts])
+            texts = [self.chat_text(p) for p in [prepared.prompts[0], *prompts]]
+            old, *news = (list(x) for x in tok(texts, add_special_tokens=False)["input_ids"])
         except Exception:  # a tokenizer that cannot read the template text on its own
             return [None] * len(prompts)
-        ids = prepared["input_ids"][0]
-        aligned = {k: v for k, v in prepared.items() if torch.is_tensor(v) and v.dim() == 2 and v.shape[1] == len(ids)}
+        ids = prepared["input_ids"]  # [B, L]
+        B, L = ids.shape
+        aligned = {k: v for k, v in prepared.items() if torch.is_tensor(v) and v.dim() == 2 and v.shape[1] == L}
         last_image = int(prepared.image_positions.max())
         out = []
         for new in news:
@@ -148,18 +149,22 @@ class Adapter:
             while c < min(len(old), len(new)) and old[c] == new[c]:
                 c += 1
             tail_old, tail_new = old[c:], new[c:]
-            cut = len(ids) - len(tail_old)
-            if not tail_old or not tail_new or cut <= last_image or ids[cut:].tolist() != tail_old:
+            cut = L - len(tail_old)
+            if not tail_old or not tail_new or cut <= last_image:
+                out.append(None)
+                continue
+            if not bool((ids[:, cut:] == torch.tensor(tail_old, dtype=ids.dtype, device=ids.device)).all()):
                 out.append(None)
                 continue
             row = {}
             for k, v in aligned.items():
                 if k == "input_ids":
-                    row[k] = torch.cat([ids[:cut], torch.tensor(tail_new, dtype=ids.dtype, device=ids.device)])[None]
+                    tail = torch.tensor(tail_new, dtype=ids.dtype, device=ids.device).expand(B, -1)
+                    row[k] = torch.cat([ids[:, :cut], tail], dim=1)
                 elif k == "attention_mask":
-                    row[k] = torch.ones(1, cut + len(tail_new), dtype=v.dtype, device=v.device)
+                    row[k] = torch.ones(B, cut + len(tail_new), dtype=v.dtype, device=v.device)
                 else:  # token types: the new tail is text, typed like the old prompt's last token
-                    row[k] = torch.cat([v[0, :cut], v[0, -1:].expand(len(tail_new))])[None]
+                    row[k] = torch.cat([v[:, :cut], v[:, -1:].expand(B, len(tail_new))], dim=1)
             out.append(row)
         return out
 

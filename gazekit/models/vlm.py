@@ -35,6 +35,10 @@ def _as_scene(image: ImageLike) -> Scene:
     raise TypeError(f"expected a gazekit Strip, Scene or PIL image, got {type(image).__name__}")
 
 
+class LayoutMismatch(ValueError):
+    """Images prepared as one batch do not share one token layout (length, or which tokens are each region's)."""
+
+
 class Prepared(Mapping):
     """Model inputs for one or more (image, prompt) pairs with the same token layout.
 
@@ -173,12 +177,13 @@ class VLM:
         ids = inputs["input_ids"]
         cells = [self.adapter.image_cells(inputs, r, scenes[r], fed[r].size, offsets[r]) for r in range(len(scenes))]
         if "attention_mask" in inputs and not bool(inputs["attention_mask"].all()):
-            raise ValueError("prepare_batch needs inputs of one length (no padding); prepare them one at a time")
+            raise LayoutMismatch("prepare_batch needs inputs of one length (no padding); prepare them one at a time")
         regions = self._regions(cells[0], scenes[0])
         for r in range(1, len(scenes)):
             other = self._regions(cells[r], scenes[r])
             if len(other) != len(regions) or any(not torch.equal(a, b) for a, b in zip(other, regions)):
-                raise ValueError("images in one batch map their regions to different tokens; prepare them separately")
+                raise LayoutMismatch("images in one batch map their regions to different tokens; prepare them "
+                                     "separately")
         prep = Prepared(inputs, regions, cells[0], scenes, list(prompts), self.adapter)
         prep.to(self.device, self.dtype)
         self._current = prep

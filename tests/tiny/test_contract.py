@@ -433,6 +433,24 @@ def test_every_discovery_mode_equals_naive(case, mode):
     assert want.sum(-1).min() > 0.01  # every head puts some mass on the image: not an all-zero comparison
 
 
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", ORGANISM])
+def test_discover_batches_strips_of_one_layout_and_equals_naive(family):
+    """Several strips per forward (same layout), strips of different layouts (one at a time after the first
+    mismatch), and one strip per forward all give the naive path's mean matrix."""
+    model, processor = build_case(family)
+    vlm = gazekit.load(model, processor)
+    h = 32 if family == ORGANISM else 64
+    same = [tm.make_strip(height=h, seed=s) for s in range(3)]
+    mixed = same[:1] + [tm.make_strip(height=h, widths=(96, 64, 64, 96, 64, 64), seed=5)] + same[1:]
+    for strips in (same, mixed):
+        naive = gazekit.discover(vlm, strips, progress=False, fast=False).matrix
+        for batch_tokens in (4096, 0):
+            got = gazekit.discover(vlm, strips, progress=False, batch_tokens=batch_tokens).matrix
+            assert np.abs(got - naive).max() <= 1e-5, (family, len(strips), batch_tokens)
+    with pytest.raises(ValueError, match="batch_tokens"):
+        gazekit.discover(vlm, same, progress=False, batch_tokens=-1)
+
+
 def test_question_ids_without_the_image_processor_match_the_processor(case):
     """Discovery prepares the image once and derives the other five questions' ids from the tokenizer alone; they
     must be exactly what the processor gives (and be derived, not fall back, for every family we ship)."""
