@@ -198,7 +198,8 @@ def discover(vlm, strips: Sequence[Strip], *, progress: bool = True, fast: bool 
                     per_forward = max(1, batch_tokens // max(row_tokens, 1))
             done += chunk
             bar.update(chunk)
-    return GazeScores.from_matrix(total / len(strips), model_name=vlm.name, n_strips=len(strips))
+    return GazeScores.from_matrix(total / len(strips), model_name=vlm.name, n_strips=len(strips),
+                                  meta={"strips_per_forward": per_forward if use_fast else 0})
 
 
 @torch.no_grad()

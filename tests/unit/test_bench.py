@@ -38,8 +38,15 @@ def test_json_has_every_measure_with_ratio_and_device(result):
     d = m["discovery_time"]
     assert d["ratio"] == pytest.approx(d["reference_s"] / d["gazekit_s"])
     assert d["reference_s"] == pytest.approx(d["reference_runs"]["cpu"][0])
+    assert d["strips"] == bench.DEFAULT_STRIPS["qwen2vl-tiny"] == 2
+    assert d["strips_per_forward"] >= 1
     mem = m["memory"]
-    assert mem["reference_mb"] > 0 and mem["gazekit_mb"] > 0
+    assert mem["reference_mb"] > 0 and mem["gazekit_mb"] > 0 and mem["plain_forward_mb"] > 0
+    assert mem["best_possible_ratio"] == pytest.approx(mem["reference_mb"] / mem["plain_forward_mb"])
+    # "unreachable" is only ever said of a missed target whose bound is below it
+    assert ("unreachable" in mem) == (not mem["met"] and mem["best_possible_ratio"] < 5)
+    whole = m["memory_whole_job"]
+    assert whole["strips"] == 2 and whole["reference_mb"] > 0 and whole["gazekit_mb"] > 0
     st = m["steering"]
     assert st["new_tokens"] == 2 and st["heads"] >= 1
     # targets: the stated ones, and "met" follows from the ratio
@@ -75,8 +82,8 @@ def test_4bit_bytes_are_counted_from_the_loaded_layers(result):
 def test_table_lists_each_measure(result):
     res, _ = result
     table = bench.format_table(res)
-    for label in ("discovery time", "extra peak memory", "max |score diff|", "capture vs plain", "steered gen",
-                  "4-bit / fp16"):
+    for label in ("discovery time", "extra peak memory", "bound: 1 plain forward", "whole job", "max |score diff|",
+                  "capture vs plain", "steered gen", "4-bit / fp16"):
         assert label in table
 
 
@@ -114,6 +121,8 @@ def test_memory_job_runs_in_a_fresh_process(tmp_path):
     spec = dict(subject="qwen2vl-tiny", task="gazekit", folder=str(folder), device="cpu", dtype="float32", threads=1,
                 repeats=1, capture_repeats=1, gen_repeats=1, gen_tokens=2, tick=lambda: None)
     got = bench._run_job(spec, True, tmp_path)
-    assert got["memory_bytes"] > 0
+    assert got["memory_bytes"] > 0 and got["strips"] == 1
     assert "VmHWM" in got["memory_how"] or "psutil" in got["memory_how"]
     assert np.array(got["matrix"]).shape == (bench.TINY.layers, bench.TINY.heads, 6, 6)
+    plain = bench._run_job(dict(spec, task="plain", tick=lambda: None), True, tmp_path)
+    assert plain["memory_bytes"] > 0 and plain["matrix"] is None
