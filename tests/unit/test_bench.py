@@ -42,7 +42,9 @@ def test_json_has_every_measure_with_ratio_and_device(result):
     assert d["strips_per_forward"] >= 1
     mem = m["memory"]
     assert mem["reference_mb"] > 0 and mem["gazekit_mb"] > 0 and mem["plain_forward_mb"] > 0
-    assert mem["best_possible_ratio"] == pytest.approx(mem["reference_mb"] / mem["plain_forward_mb"])
+    assert mem["image_encoding_mb"] > 0
+    assert mem["best_possible_ratio"] == pytest.approx(mem["reference_mb"] / mem["image_encoding_mb"])
+    assert mem["plain_forward_ratio"] == pytest.approx(mem["reference_mb"] / mem["plain_forward_mb"])
     # "unreachable" is only ever said of a missed target whose bound is below it
     assert ("unreachable" in mem) == (not mem["met"] and mem["best_possible_ratio"] < 5)
     whole = m["memory_whole_job"]
@@ -82,7 +84,7 @@ def test_4bit_bytes_are_counted_from_the_loaded_layers(result):
 def test_table_lists_each_measure(result):
     res, _ = result
     table = bench.format_table(res)
-    for label in ("discovery time", "extra peak memory", "bound: 1 plain forward", "whole job", "max |score diff|",
+    for label in ("discovery time", "extra peak memory", "floor: inputs + image encoding", "floor: 1 plain forward", "whole job", "max |score diff|",
                   "capture vs plain", "steered gen", "4-bit / fp16"):
         assert label in table
 
@@ -126,3 +128,5 @@ def test_memory_job_runs_in_a_fresh_process(tmp_path):
     assert np.array(got["matrix"]).shape == (bench.TINY.layers, bench.TINY.heads, 6, 6)
     plain = bench._run_job(dict(spec, task="plain", tick=lambda: None), True, tmp_path)
     assert plain["memory_bytes"] > 0 and plain["matrix"] is None
+    encode = bench._run_job(dict(spec, task="encode", tick=lambda: None), True, tmp_path)
+    assert encode["memory_bytes"] > 0 and encode["matrix"] is None
