@@ -335,7 +335,8 @@ def _strips_matrix_fast(vlm, strips, questions, mode=None):
         c = cache if gi == len(groups) - 1 else copy.deepcopy(cache)  # the last group may consume the prefix cache
         if m > 1:
             c.batch_repeat_interleave(m)
-        extras = vlm.adapter.suffix_inputs(preps[members[0]], common, suffix[:1])
+        one_row = {k: (v[:1] if torch.is_tensor(v) and v.dim() == 2 else v) for k, v in preps[members[0]].items()}
+        extras = vlm.adapter.suffix_inputs(one_row, common, suffix[:1])
         extras = {k: (v.repeat_interleave(m * B // v.shape[0], dim=0) if torch.is_tensor(v) and v.dim() == 2
                       and v.shape[0] == 1 else v) for k, v in extras.items()}
         got = run(dict(input_ids=suffix, **{cache_kw: c}, use_cache=True, **extras))  # [L, B * m, H, R]

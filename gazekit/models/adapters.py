@@ -117,7 +117,10 @@ class Adapter:
 
     def build_inputs(self, images: list[Image.Image], prompts: list[str], scenes) -> dict:
         texts = [self.chat_text(p) for p in prompts]
-        return self.processor(text=texts, images=images, return_tensors="pt", padding=True)
+        # several prompts: one list of images per prompt (Gemma 3's and SmolVLM's processors refuse a flat list,
+        # the others accept both)
+        fed = images if len(images) == 1 else [[im] for im in images]
+        return self.processor(text=texts, images=fed, return_tensors="pt", padding=True)
 
     def image_cells(self, inputs, row: int, scene, fed_size: tuple[int, int], offset) -> ImageCells:
         raise NotImplementedError

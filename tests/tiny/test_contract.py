@@ -451,6 +451,30 @@ def test_discover_batches_strips_of_one_layout_and_equals_naive(family):
         gazekit.discover(vlm, same, progress=False, batch_tokens=-1)
 
 
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "gemma3", GEMMA3_SLIDING])
+@pytest.mark.parametrize("mode", ["single", "packed", "batched", "sequential"])
+def test_every_mode_on_a_batch_of_strips_equals_naive(family, mode):
+    """Two strips of one layout in one batch: each strip's matrix equals its own naive path, in every mode the
+    model allows (rows of the batch must not be mixed up between strips or questions)."""
+    from gazekit.discover import strip_matrix, strips_matrix_fast
+
+    model, processor = build_case(family)
+    vlm = gazekit.load(model, processor)
+    strips = [tm.make_strip(seed=s) for s in (0, 1)]
+    questions = [panel_question(k) for k in range(1, 7)]
+    sliding = family == GEMMA3_SLIDING
+    if (mode == "single" and not vlm.adapter.supports_packed_prompt) or (sliding and mode != "batched"):
+        with pytest.raises(ValueError, match="mode="):
+            strips_matrix_fast(vlm, strips, questions, mode=mode)
+        return
+    got = strips_matrix_fast(vlm, strips, questions, mode=mode)
+    assert got.shape == (2, vlm.n_layers, vlm.n_heads, 6, 6)
+    want = [strip_matrix(vlm, strip, questions) for strip in strips]
+    for b in range(2):
+        assert np.abs(got[b] - want[b]).max() <= 1e-5, (family, mode, b)
+    assert np.abs(want[0] - want[1]).max() > 1e-4  # the strips differ, so swapped rows would be caught
+
+
 def test_question_ids_without_the_image_processor_match_the_processor(case):
     """Discovery prepares the image once and derives the other five questions' ids from the tokenizer alone; they
     must be exactly what the processor gives (and be derived, not fall back, for every family we ship)."""
