@@ -1,6 +1,6 @@
 """`python -m gazekit.bench` — gazekit against the paper's reference recipe, side by side, on your hardware.
 
-    python -m gazekit.bench --quick                       # 2 repeats, 16-token generations
+    python -m gazekit.bench --quick                       # ~5.5 min: 2 repeats, 16-token generations
     python -m gazekit.bench                               # ~7 min on one CPU thread: 3 repeats, 32 tokens
     python -m gazekit.bench --device cuda                 # on a GPU (default when one is visible)
 
