@@ -136,7 +136,7 @@ def _forward_split(stock, session, layer, rows, module, query, key, value, atten
         if session.query_rows is not None:
             raise RuntimeError("recording chosen query rows while steering a prefill is not supported; "
                                "capture without query_rows inside steer()")
-        last = _additive_last_row(attention_mask, B, Q, K, torch.float32, query.device)
+        last = _additive_rows(attention_mask, [Q - 1], B, Q, K, torch.float32, query.device)
         last = last.expand(B, Hq, 1, K).clone()
         last[:, idx] = sel_mask[:, :, -1:, :].float()
         _record_last_row(session, layer, module, query, key, value, last, kwargs.get("scaling"))
@@ -150,15 +150,8 @@ def _forward_split(stock, session, layer, rows, module, query, key, value, atten
     return out
 
 
-def _additive_last_row(attention_mask, B, Q, K, dtype, device) -> torch.Tensor:
-    """`_additive_mask(...)[:, :, -1:, :]` without building the other Q - 1 rows: [B, 1 or H, 1, K]. With no mask
-    (causal, keys right-aligned) the last query row sees every key, as `_additive_mask` gives for one query row."""
-    last = None if attention_mask is None else attention_mask[..., -1:, :]
-    return _additive_mask(last, B, 1, K, dtype, device)
-
-
 def _additive_rows(attention_mask, rows, B, Q, K, dtype, device) -> torch.Tensor:
-    """`_additive_mask(...)[:, :, rows, :]` for a few query rows: [B, 1 or H, len(rows), K]."""
+    """`_additive_mask(...)[:, :, rows, :]` without building the other query rows: [B, 1 or H, len(rows), K]."""
     if attention_mask is None:  # causal, keys right-aligned: query row r sees keys up to K - Q + r
         r = torch.as_tensor(rows, device=device).view(-1, 1)
         keep = torch.arange(K, device=device).view(1, -1) <= (K - Q + r)
@@ -177,14 +170,10 @@ def _record_last_row(session, layer, module, query, key, value, attention_mask, 
     rep = Hq // Hkv
     if scaling is None:
         scaling = getattr(module, "scaling", D ** -0.5)
-    rows = session.query_rows
-    if rows is None:
-        q_rows = query[:, :, -1:, :]
-        add = _additive_last_row(attention_mask, B, Q, K, torch.float32, query.device)
-    else:
-        q_rows = query[:, :, rows, :]
-        add = _additive_rows(attention_mask, rows, B, Q, K, torch.float32, query.device)
-    n = q_rows.shape[2]
+    rows = session.query_rows or [Q - 1]
+    q_rows = query[:, :, rows, :]
+    add = _additive_rows(attention_mask, rows, B, Q, K, torch.float32, query.device)
+    n = len(rows)
     # grouped-query attention without repeating the keys: query head h reads key head h // rep, so the chosen rows
     # of each group's `rep` query heads form one [rep * n, D] x [D, K] product
     q = q_rows.float().reshape(B, Hkv, rep * n, D)

@@ -204,10 +204,6 @@ def _strips_for(subject: str, n: int = 1) -> list:
                               captions=b.captions, height=size.panel_h) for b in bases]
 
 
-def _strip_for(subject: str):
-    return _strips_for(subject, 1)[0]
-
-
 def _organism_missing(folder=None) -> Optional[str]:
     from gazekit import organism
 

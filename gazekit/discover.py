@@ -272,17 +272,15 @@ def _strips_matrix_fast(vlm, strips, questions, mode=None):
               for k in first if k != "input_ids" and _token_aligned(first[k], ids[0].shape[1])}
     steering = vlm._session is not None and bool(vlm._session.steerers)
     window = _shortest_window(model)
+    fits = window >= common + S  # every layer sees the whole packed row
     if mode is None:
-        if vlm.adapter.supports_packed_prompt and not steering and window >= common + S:
-            mode = "single"
-        else:
-            mode = "packed" if not steering and window >= common + S else "batched"
+        mode = "batched" if steering or not fits else ("single" if vlm.adapter.supports_packed_prompt else "packed")
     if mode not in ("single", "packed", "batched", "sequential"):
         raise ValueError(f"mode must be 'single', 'packed', 'batched' or 'sequential', got {mode!r}")
     if mode == "single" and not vlm.adapter.supports_packed_prompt:
         raise ValueError(f"mode='single' is not available for {vlm.family} (see Adapter.supports_packed_prompt); "
                          "use mode='packed'")
-    if mode != "batched" and window < common + S:
+    if mode != "batched" and not fits:
         raise ValueError(f"mode={mode!r} needs every attention layer to see the whole prompt (this model has a "
                          f"{window}-key sliding window); use mode='batched'")
     Q = len(questions)
@@ -335,10 +333,9 @@ def _strips_matrix_fast(vlm, strips, questions, mode=None):
         c = cache if gi == len(groups) - 1 else copy.deepcopy(cache)  # the last group may consume the prefix cache
         if m > 1:
             c.batch_repeat_interleave(m)
+        # every row's suffix is text of one layout: one strip's per-token inputs, expanded to all B * m rows
         one_row = {k: (v[:1] if torch.is_tensor(v) and v.dim() == 2 else v) for k, v in preps[members[0]].items()}
-        extras = vlm.adapter.suffix_inputs(one_row, common, suffix[:1])
-        extras = {k: (v.repeat_interleave(m * B // v.shape[0], dim=0) if torch.is_tensor(v) and v.dim() == 2
-                      and v.shape[0] == 1 else v) for k, v in extras.items()}
+        extras = vlm.adapter.suffix_inputs(one_row, common, suffix)
         got = run(dict(input_ids=suffix, **{cache_kw: c}, use_cache=True, **extras))  # [L, B * m, H, R]
         got = got.reshape(got.shape[0], B, m, *got.shape[2:])
         for j, qi in enumerate(members):
@@ -366,8 +363,9 @@ def _shortest_window(model) -> int:
 
 
 def _packed_mask(common: int, starts, ends, dtype, device, with_prefix: bool = False) -> torch.Tensor:
-    """Additive mask for suffixes packed in one row after a `common`-token prefix: every suffix token sees the
-    whole prefix and the earlier tokens of its own suffix, nothing of the others. [1, 1, S, common + S] for the
+    """Mask for suffixes packed in one row after a `common`-token prefix (boolean, True = visible, for
+    dtype=torch.bool; else additive): every suffix token sees the whole prefix and the earlier tokens of its own
+    suffix, nothing of the others. [1, 1, S, common + S] for the
     suffix rows alone (the prefix is in a cache), or with_prefix [1, 1, common + S, common + S], the prefix rows
     plain causal."""
     S = int(ends[-1])

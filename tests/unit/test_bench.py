@@ -98,7 +98,7 @@ def test_reference_recipe_matches_output_attentions_by_hand():
     with tempfile.TemporaryDirectory() as tmp:
         folder = bench.build_qwen_folder(bench.TINY, tmp)
         vlm = bench._load_subject("qwen2vl-tiny", folder, "cpu", "float32")
-    strip = bench._strip_for("qwen2vl-tiny")
+    strip = bench._strips_for("qwen2vl-tiny")[0]
     prep = vlm.prepare(strip, panel_question(2))
     with pytest.raises(RuntimeError, match="eager"):
         reference_row(vlm.model, dict(prep), prep.regions)
