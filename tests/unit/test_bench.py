@@ -130,3 +130,32 @@ def test_memory_job_runs_in_a_fresh_process(tmp_path):
     assert plain["memory_bytes"] > 0 and plain["matrix"] is None
     encode = bench._run_job(dict(spec, task="encode", tick=lambda: None), True, tmp_path)
     assert encode["memory_bytes"] > 0 and encode["matrix"] is None
+
+
+def test_tensor_peak_counts_live_storages_once():
+    """The tensors-only figure against hand-counted storages: views and in-place results add nothing, freed
+    storages stop counting, the peak is the most alive at once."""
+    with bench._TensorPeak() as tp:
+        a = torch.ones(1000)              # 4000 B
+        b = a.view(10, 100).t()           # views: same storage
+        a.mul_(2.0)                       # in place: same storage
+        c = torch.zeros(500, dtype=torch.float64)  # 4000 B -> 8000 alive
+        del c
+        d = torch.empty(250)              # 1000 B after c was freed -> 5000 alive
+        e = a + 1                         # 4000 B -> 9000 alive: the peak
+        del e, d
+        f = torch.empty(10)               # 40 B
+    assert tp.peak == 9000
+    assert b.data_ptr() == a.data_ptr() and f.numel() == 10
+    with bench._TensorPeak() as tp:
+        pass
+    assert tp.peak == 0
+
+
+def test_memory_block_reports_tensor_peaks(result):
+    res, written = result
+    mem = written["models"]["qwen2vl-tiny"]["memory"]
+    t = mem["tensors_mb"]
+    assert set(t) == {"reference", "gazekit", "plain", "encode"}
+    # the reference holds every layer's full attention map, which a plain forward never makes
+    assert t["reference"] > t["plain"] > t["encode"] > 0
