@@ -26,7 +26,9 @@ Qwen2VLImageProcessorPil — it measures:
   same way: preparing one prompt's inputs and encoding its image (the vision tower, nothing else) — what every
   discovery method must at least do, so reference / that bounds the ratio any method can reach (a missed target
   above that bound is reported as unreachable, and still missed); one plain sdpa forward of one prompt with
-  nothing recorded; and the whole timed job (batching strips costs memory);
+  nothing recorded; the whole timed job (batching strips costs memory); and on a CPU the peak of torch tensor
+  storages alive at once in each one-strip call (counted once, in the first fresh process: it does not vary), which
+  leaves out the allocators' pages and arenas that RSS also counts;
 - the largest absolute difference between the two methods' 6x6 matrices (target <= 1e-5);
 - capture overhead: `capture` against a plain uncaptured sdpa forward on the same prepared input;
 - steered (top ~9% heads by gaze score, panel 3) against unsteered greedy generation of the same number of tokens
@@ -508,7 +510,7 @@ def _worker(spec: dict) -> dict:
             m, extra, secs, how = _peak_extra(lambda: fn(vlm, job), device)
             out.update(matrix=None if m is None else m.tolist(), memory_bytes=extra, memory_how=how,
                        first_run_s=secs, strips=len(job))
-            if device == "cpu":  # once more, counting tensors only (on a GPU the figure above already does)
+            if spec.get("tensors") and device == "cpu":  # once more, tensors only (a GPU's figure already is)
                 with _TensorPeak() as tp:
                     fn(vlm, job)
                 out["tensor_bytes"] = tp.peak
@@ -668,8 +670,9 @@ def _median_memory(runs: list) -> dict:
     values = [r["memory_bytes"] for r in runs]
     out["memory_bytes"] = int(np.median(values))
     out["memory_bytes_runs"] = values
-    if "tensor_bytes" in out:
-        out["tensor_bytes"] = int(np.median([r["tensor_bytes"] for r in runs]))
+    tensors = [r["tensor_bytes"] for r in runs if "tensor_bytes" in r]  # deterministic: counted in one run
+    if tensors:
+        out["tensor_bytes"] = int(np.median(tensors))
     return out
 
 
@@ -817,7 +820,8 @@ def run(models: Sequence[str] = DEFAULT_MODELS, *, quick: bool = False, repeats:
                 for r in range(R):  # each job R times, each in a fresh process, interleaved; medians
                     for task in memory_jobs[m]:
                         bar.set_postfix_str(f"{m}: memory of {task} (fresh process {r + 1}/{R})")
-                        runs[task].append(_run_job(dict(base, task=task), isolate, tmp))
+                        runs[task].append(_run_job(dict(base, task=task, tensors=r == 0 and "-" not in task),
+                                                   isolate, tmp))
                         bar.update(1)
                 mem = {task: _median_memory(v) for task, v in runs.items()}
                 bar.set_postfix_str(f"{m}: timings")
@@ -862,7 +866,7 @@ def _fmt(x, unit=""):
         return x
     if abs(x) != 0 and (abs(x) < 1e-3 or abs(x) >= 1e5):
         return f"{x:.1e}{unit}"
-    return f"{x:.3g}{unit}" if abs(x) < 100 else f"{x:.0f}{unit}"
+    return f"{x:#.3g}{unit}" if abs(x) < 100 else f"{x:.0f}{unit}"
 
 
 def format_table(results: dict) -> str:
