@@ -170,7 +170,7 @@ def _record_last_row(session, layer, module, query, key, value, attention_mask, 
     rep = Hq // Hkv
     if scaling is None:
         scaling = getattr(module, "scaling", D ** -0.5)
-    rows = session.query_rows or [Q - 1]
+    rows = [Q - 1] if session.query_rows is None else session.query_rows
     q_rows = query[:, :, rows, :]
     add = _additive_rows(attention_mask, rows, B, Q, K, torch.float32, query.device)
     n = len(rows)

@@ -339,24 +339,24 @@ class _TensorPeak:
         from torch.utils._python_dispatch import TorchDispatchMode
         from torch.utils._pytree import tree_leaves
 
-        peak = self
+        tracker = self
         self.live: dict = {}  # storage id -> (weak ref, bytes)
         self.now = self.peak = 0
 
         class Mode(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                for key in [k for k, (ref, _) in peak.live.items() if ref.expired()]:
-                    peak.now -= peak.live.pop(key)[1]
+                for key in [k for k, (ref, _) in tracker.live.items() if ref.expired()]:
+                    tracker.now -= tracker.live.pop(key)[1]
                 out = func(*args, **(kwargs or {}))
                 seen = {StorageWeakRef(a.untyped_storage()).cdata for a in tree_leaves((args, kwargs))
                         if isinstance(a, torch.Tensor)}
                 for t in tree_leaves(out):
                     if isinstance(t, torch.Tensor):
                         ref = StorageWeakRef(t.untyped_storage())
-                        if ref.cdata not in seen and ref.cdata not in peak.live:
-                            peak.live[ref.cdata] = (ref, t.untyped_storage().nbytes())
-                            peak.now += peak.live[ref.cdata][1]
-                peak.peak = max(peak.peak, peak.now)
+                        if ref.cdata not in seen and ref.cdata not in tracker.live:
+                            tracker.live[ref.cdata] = (ref, t.untyped_storage().nbytes())
+                            tracker.now += tracker.live[ref.cdata][1]
+                tracker.peak = max(tracker.peak, tracker.now)
                 return out
 
         self._mode = Mode()
@@ -663,16 +663,13 @@ def _median(xs) -> float:
 
 
 def _median_memory(runs: list) -> dict:
-    """One memory job's repeats (each its own fresh process): the first run's result with memory_bytes the median
-    of all, and every run's bytes kept (at the organism's scale Python's 256 KiB allocation arenas alone move a
-    single figure by a quarter of a megabyte)."""
+    """One memory job's repeats (each its own fresh process): the first run's result (with tensor_bytes, counted in
+    that run only: it does not vary) with memory_bytes the median of all, and every run's bytes kept (at the
+    organism's scale Python's 256 KiB allocation arenas alone move a single figure by a quarter of a megabyte)."""
     out = dict(runs[0])
     values = [r["memory_bytes"] for r in runs]
     out["memory_bytes"] = int(np.median(values))
     out["memory_bytes_runs"] = values
-    tensors = [r["tensor_bytes"] for r in runs if "tensor_bytes" in r]  # deterministic: counted in one run
-    if tensors:
-        out["tensor_bytes"] = int(np.median(tensors))
     return out
 
 
@@ -820,8 +817,8 @@ def run(models: Sequence[str] = DEFAULT_MODELS, *, quick: bool = False, repeats:
                 for r in range(R):  # each job R times, each in a fresh process, interleaved; medians
                     for task in memory_jobs[m]:
                         bar.set_postfix_str(f"{m}: memory of {task} (fresh process {r + 1}/{R})")
-                        runs[task].append(_run_job(dict(base, task=task, tensors=r == 0 and "-" not in task),
-                                                   isolate, tmp))
+                        tensors = r == 0 and not task.endswith("-all")  # deterministic: one count is enough
+                        runs[task].append(_run_job(dict(base, task=task, tensors=tensors), isolate, tmp))
                         bar.update(1)
                 mem = {task: _median_memory(v) for task, v in runs.items()}
                 bar.set_postfix_str(f"{m}: timings")
@@ -890,10 +887,10 @@ def format_table(results: dict) -> str:
                      f"{d['plain_forward_ratio']:.2f}x", "(info)", "—"))
         if d.get("tensors_mb"):
             t = d["tensors_mb"]
-            rows.append((m, "  tensors only (no allocator pages)", _fmt(t["reference"], " MB"),
-                         _fmt(t["gazekit"], " MB"), f"{t['reference'] / max(t['gazekit'], 1e-9):.2f}x", "(info)", "—"))
-            rows.append((m, "  tensors only: 1 plain forward", _fmt(t["reference"], " MB"), _fmt(t["plain"], " MB"),
-                         f"{t['reference'] / max(t['plain'], 1e-9):.2f}x", "(info)", "—"))
+            for label, k in (("tensors only (no allocator pages)", "gazekit"),
+                             ("tensors only: 1 plain forward", "plain")):
+                rows.append((m, "  " + label, _fmt(t["reference"], " MB"), _fmt(t[k], " MB"),
+                             f"{t['reference'] / max(t[k], 1e-9):.2f}x", "(info)", "—"))
         if "memory_whole_job" in r:
             d = r["memory_whole_job"]
             rows.append((m, f"  memory, whole job ({d['strips']} strips)", _fmt(d["reference_mb"], " MB"),
