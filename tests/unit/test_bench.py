@@ -132,6 +132,31 @@ def test_memory_job_runs_in_a_fresh_process(tmp_path):
     assert encode["memory_bytes"] > 0 and encode["matrix"] is None
 
 
+@pytest.mark.skipif(not bench._can_fork(), reason="the fork server is Linux-only")
+def test_fork_server_runs_each_memory_job_in_its_own_fresh_child(tmp_path):
+    """The CLI's path on Linux: memory jobs forked from one server that has only imported modules — a new
+    process per job (its own pid), results as from a `--_worker` process, a failing job reported with its error."""
+    import os
+
+    folder = bench.build_qwen_folder(bench.TINY, tmp_path / "model")
+    spec = dict(subject="qwen2vl-tiny", task="gazekit", folder=str(folder), device="cpu", dtype="float32", threads=1,
+                repeats=1, capture_repeats=1, gen_repeats=1, gen_tokens=2)
+    server = bench._ForkServer(bench._job_env(spec), tmp_path)
+    try:
+        got = bench._run_job(dict(spec, tick=lambda: None), True, tmp_path, server)
+        again = bench._run_job(dict(spec, tick=lambda: None), True, tmp_path, server)
+        alone = bench._run_job(dict(spec, tick=lambda: None), True, tmp_path)  # its own `--_worker` process
+        assert len({got["pid"], again["pid"], alone["pid"], os.getpid(), server._proc.pid}) == 5
+        assert got["memory_bytes"] > 0 and "MALLOC_MMAP_THRESHOLD_=65536" in got["memory_how"]
+        np.testing.assert_array_equal(np.array(got["matrix"]), np.array(alone["matrix"]))
+        with pytest.raises(RuntimeError, match="no_such_model.*failed"):
+            bench._run_job(dict(spec, subject="no_such_model", tick=lambda: None), True, tmp_path, server)
+        assert bench._run_job(dict(spec, task="plain", tick=lambda: None), True, tmp_path, server)["matrix"] is None
+    finally:
+        server.close()
+    assert server._proc.returncode == 0
+
+
 def test_tensor_peak_counts_live_storages_once():
     """The tensors-only figure against hand-counted storages: views and in-place results add nothing, freed
     storages stop counting, the peak is the most alive at once."""
