@@ -20,7 +20,7 @@ Qwen2VLImageProcessorPil — it measures:
   strips of one layout batched up to 1024 tokens per forward). Both include preparing the inputs;
 - extra peak memory of one strip. CPU: each method runs once in its own fresh process (on Linux forked from one
   server process that has imported torch, transformers and gazekit and computed nothing, which saves ~5 s of
-  imports per job; elsewhere a new interpreter), loads the model, warms up on a small
+  imports per job; elsewhere, and on a GPU, a new interpreter), loads the model, warms up on a small
   strip (which pages in weights and kernels); peak RSS minus RSS just before (the kernel's peak counter is reset
   through /proc/self/clear_refs, or RSS is sampled with psutil where that file is missing), with glibc told to give
   freed blocks back at once (MALLOC_MMAP_THRESHOLD_) so that allocator slack is not counted. GPU:
@@ -646,8 +646,9 @@ class _ForkServer:
     memory job. Each job still runs in a fresh process that has done nothing before it loads the model and takes
     its own baseline, but does not pay the ~5 s of imports again (the whole bench: 5.6 min instead of 8.7). One
     server serves one round of a model's memory jobs, so the rounds still start from independent heap layouts, as
-    fresh interpreters would. Linux only (fork); elsewhere each job is its own `python -m gazekit.bench --_worker`
-    process. The server never touches CUDA, so its children can use a GPU."""
+    fresh interpreters would. On a CPU under Linux only (fork); elsewhere, and for GPU jobs (CUDA does not survive
+    a fork once anything has queried it, and imports may), each job is its own `python -m gazekit.bench --_worker`
+    process."""
 
     def __init__(self, env: dict, workdir: Path):
         fd, name = tempfile.mkstemp(prefix="fork-server-", suffix=".log", dir=workdir)
@@ -680,8 +681,9 @@ class _ForkServer:
 
 @contextlib.contextmanager
 def _memory_server(isolate: bool, spec: dict, workdir: Path):
-    """A `_ForkServer` for memory jobs like `spec` (None where jobs run here or fork is unavailable), closed after."""
-    if not (isolate and _can_fork()):
+    """A `_ForkServer` for CPU memory jobs like `spec` (None for GPU jobs, jobs run here, or where fork is
+    unavailable), closed after."""
+    if not (isolate and _can_fork() and spec["device"] == "cpu"):
         yield None
         return
     server = _ForkServer(_job_env(spec), workdir)

@@ -157,6 +157,15 @@ def test_fork_server_runs_each_memory_job_in_its_own_fresh_child(tmp_path):
     assert server._proc.returncode == 0
 
 
+def test_gpu_and_in_process_memory_jobs_get_no_fork_server(tmp_path):
+    """CUDA does not survive a fork once anything has queried it: GPU jobs start their own interpreter."""
+    spec = dict(task="memory", threads=1, device="cuda")
+    with bench._memory_server(True, spec, tmp_path) as server:
+        assert server is None
+    with bench._memory_server(False, dict(spec, device="cpu"), tmp_path) as server:
+        assert server is None
+
+
 def test_tensor_peak_counts_live_storages_once():
     """The tensors-only figure against hand-counted storages: views and in-place results add nothing, freed
     storages stop counting, the peak is the most alive at once."""
