@@ -659,14 +659,15 @@ class _ForkServer:
             self.close()
             raise RuntimeError(f"the benchmark's fork server did not start:\n{self._log_path.read_text()[-4000:]}")
 
-    def run(self, spec_path: Path) -> int:
-        """Run one job (`_worker_main(spec_path)`) in a forked child; its exit status."""
+    def run(self, spec_path: Path) -> tuple[int, str]:
+        """Run one job (`_worker_main(spec_path)`) in a forked child: (its exit status, its output)."""
         self._proc.stdin.write(f"{spec_path}\n")
         self._proc.stdin.flush()
         reply = self._proc.stdout.readline()
         if not reply:
             raise RuntimeError(f"the benchmark's fork server died:\n{self._log_path.read_text()[-4000:]}")
-        return int(reply)
+        output = _child_output(spec_path)
+        return int(reply), (output.read_text() if output.exists() else "")
 
     def close(self):
         with contextlib.suppress(Exception):
@@ -691,6 +692,11 @@ def _memory_server(isolate: bool, spec: dict, workdir: Path):
         yield server
     finally:
         server.close()
+
+
+def _child_output(spec_path) -> Path:
+    """Where a forked job writes its stdout and stderr."""
+    return Path(f"{spec_path}.stderr")
 
 
 def _can_fork() -> bool:
@@ -720,7 +726,7 @@ def _serve_main():
         if pid == 0:  # the child: its output goes to a file, never into the server's reply pipe
             code = 1
             try:
-                fd = os.open(spec_path + ".stderr", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                fd = os.open(_child_output(spec_path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
                 os.dup2(fd, 1)
                 os.dup2(fd, 2)
                 _worker_main(spec_path)
@@ -747,9 +753,7 @@ def _run_job(spec: dict, isolate: bool, workdir: Path, server: Optional[_ForkSer
     spec_path = path.with_suffix(".spec.json")
     spec_path.write_text(json.dumps(spec))
     if server is not None and _is_memory_job(spec):
-        code = server.run(spec_path)
-        err_file = Path(str(spec_path) + ".stderr")
-        stderr = err_file.read_text() if err_file.exists() else ""
+        code, stderr = server.run(spec_path)
     else:
         proc = subprocess.run([sys.executable, "-m", "gazekit.bench", "--_worker", str(spec_path)],
                               env=_job_env(spec), capture_output=True, text=True)
@@ -930,7 +934,7 @@ def run(models: Sequence[str] = DEFAULT_MODELS, *, quick: bool = False, repeats:
                 for r in range(R):  # each job R times, each in a fresh process, interleaved; medians
                     # a fork server per round: its children start from one heap layout, so that the R rounds
                     # stay independent samples of the allocators' state (as R fresh interpreters would be)
-                    bar.set_postfix_str(f"{m}: memory, round {r + 1}/{R}: starting a fork server")
+                    bar.set_postfix_str(f"{m}: memory, round {r + 1}/{R}")
                     with _memory_server(isolate, dict(base, task="memory"), tmp) as server:
                         for task in memory_jobs[m]:
                             bar.set_postfix_str(f"{m}: memory of {task} (fresh process {r + 1}/{R})")
