@@ -26,8 +26,10 @@ Qwen2VLImageProcessorPil — it measures:
   freed blocks back at once (MALLOC_MMAP_THRESHOLD_) so that allocator slack is not counted. GPU:
   `torch.cuda.max_memory_allocated` minus what was allocated before. More figures, for information, measured the
   same way: preparing one prompt's inputs and encoding its image (the vision tower, nothing else) — what every
-  discovery method must at least do, so reference / that bounds the ratio any method can reach (a missed target
-  above that bound is reported as unreachable, and still missed); one plain sdpa forward of one prompt with
+  discovery method that uses the model's processor and vision tower as they are must at least do, so reference /
+  that bounds the ratio such a method can reach (a missed target above that bound is reported as unreachable, and
+  still missed; a method that split the vision tower's own computation into pieces is not bounded by it, and
+  none is tried here); one plain sdpa forward of one prompt with
   nothing recorded; the whole timed job (batching strips costs memory); and on a CPU the peak of torch tensor
   storages alive at once in each one-strip call (counted once, in the first fresh process: it does not vary), which
   leaves out the allocators' pages and arenas that RSS also counts;
@@ -407,7 +409,7 @@ def _reference_matrix(vlm, strips) -> np.ndarray:
 
 def _plain_forward(vlm, strips) -> None:
     """The memory floor: prepare one strip's first panel question and run one plain sdpa forward, nothing
-    recorded. Any discovery method that runs the model on a prompt needs at least this."""
+    recorded. Any discovery method that runs the model's unmodified forward on a prompt needs at least this."""
     from gazekit.regions import panel_question
 
     vlm.model(**vlm.prepare(strips[0], panel_question(1)), use_cache=False)
@@ -416,7 +418,8 @@ def _plain_forward(vlm, strips) -> None:
 
 def _encode_image(vlm, strips) -> None:
     """The strictest memory floor: prepare one strip's inputs and run the vision tower on its image (the model's
-    `get_image_features`), nothing else. Every discovery method must at least do this."""
+    `get_image_features`), nothing else. Every discovery method that uses the model's processor and vision tower as
+    they are must at least do this."""
     import inspect
 
     from gazekit.regions import panel_question
@@ -825,8 +828,9 @@ def _summarise(subject: str, mem: dict, timing: dict, quant: Optional[dict], clo
                                              "strip). plain_forward_mb: one plain sdpa forward of one "
                                              "prompt, nothing recorded; image_encoding_mb: preparing one prompt's "
                                              "inputs and running the vision tower on its image, nothing else — "
-                                             "what every discovery method must at least do, so reference_mb / "
-                                             "image_encoding_mb bounds the ratio any method can reach. "
+                                             "what every discovery method that uses the model's processor and "
+                                             "vision tower as they are must at least do, so reference_mb / "
+                                             "image_encoding_mb bounds the ratio such a method can reach. "
                                              "tensors_mb (CPU, information): the same calls once more, counting "
                                              "only the peak of torch tensor storages alive at once"},
         "score_diff": {"max_abs": max(float(np.abs(ref_mat - gk_mat).max()), d["same_process_diff"]),
@@ -864,7 +868,8 @@ def _summarise(subject: str, mem: dict, timing: dict, quant: Optional[dict], clo
             bound = block.get("best_possible_ratio")
             if not block["met"] and bound is not None and kind == "min" and bound < value:
                 block["unreachable"] = (f"preparing the inputs and encoding the image alone need "
-                                        f"{block['image_encoding_mb']:.2f} MB, so no method can beat {bound:.2f}x "
+                                        f"{block['image_encoding_mb']:.2f} MB, so no method that uses the model's "
+                                        f"processor and vision tower as they are can beat {bound:.2f}x "
                                         f"here (one plain forward: {block['plain_forward_mb']:.2f} MB, "
                                         f"{block['plain_forward_ratio']:.2f}x)")
     return res
