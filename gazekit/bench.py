@@ -29,10 +29,10 @@ Qwen2VLImageProcessorPil — it measures:
   discovery method that uses the model's processor and vision tower as they are must at least do, so reference /
   that bounds the ratio such a method can reach (a missed target above that bound is reported as unreachable, and
   still missed; a method that split the vision tower's own computation into pieces is not bounded by it, and
-  none is tried here); one plain sdpa forward of one prompt with
-  nothing recorded; the whole timed job (batching strips costs memory); and on a CPU the peak of torch tensor
-  storages alive at once in each one-strip call (counted once, in the first fresh process: it does not vary), which
-  leaves out the allocators' pages and arenas that RSS also counts;
+  none is tried here); one plain sdpa forward of one prompt with nothing recorded; the whole timed job (batching
+  strips costs memory); and on a CPU the peak of torch tensor storages alive at once in each one-strip call
+  (counted once, in the first fresh process: it does not vary), which leaves out the allocators' pages and arenas
+  that RSS also counts;
 - the largest absolute difference between the two methods' 6x6 matrices (target <= 1e-5);
 - capture overhead: `capture` against a plain uncaptured sdpa forward on the same prepared input;
 - steered (top ~9% heads by gaze score, panel 3) against unsteered greedy generation of the same number of tokens
