@@ -82,6 +82,8 @@ TARGETS = {
 }
 # capture overhead and steering targets are stated for the mid-size config; elsewhere they are information only
 _TARGETS_ONLY_FOR = {"capture_overhead": ("qwen2vl-mid",), "steering": ("qwen2vl-mid",)}
+# the memory jobs of one strip each model runs (the "-all" jobs, for information, add whole timed jobs)
+_ONE_STRIP_MEMORY_JOBS = ("reference", "gazekit", "plain", "encode")
 
 
 # ------------------------------------------------------------------------------------------ offline Qwen2-VL
@@ -815,9 +817,8 @@ def _summarise(subject: str, mem: dict, timing: dict, quant: Optional[dict], clo
         "memory": {"reference_mb": ref["memory_bytes"] / 2**20, "gazekit_mb": gk["memory_bytes"] / 2**20,
                    "strips": 1, "plain_forward_mb": floor, "image_encoding_mb": least,
                    "runs_mb": {k: [b / 2**20 for b in mem[k].get("memory_bytes_runs", [mem[k]["memory_bytes"]])]
-                               for k in ("reference", "gazekit", "plain", "encode")},
-                   "tensors_mb": ({k: mem[k]["tensor_bytes"] / 2**20 for k in ("reference", "gazekit", "plain",
-                                                                                 "encode")}
+                               for k in _ONE_STRIP_MEMORY_JOBS},
+                   "tensors_mb": ({k: mem[k]["tensor_bytes"] / 2**20 for k in _ONE_STRIP_MEMORY_JOBS}
                                   if "tensor_bytes" in gk else None),
                    "plain_forward_ratio": (ref["memory_bytes"] / plain["memory_bytes"]
                                            if plain["memory_bytes"] > 0 else float("inf")),
@@ -918,8 +919,7 @@ def run(models: Sequence[str] = DEFAULT_MODELS, *, quick: bool = False, repeats:
     n_strips = {m: strips or DEFAULT_STRIPS[m] for m in jobs}
     if any(n < 1 for n in n_strips.values()):
         raise ValueError(f"strips must be >= 1, got {strips}")
-    memory_jobs = {m: ["reference", "gazekit", "plain", "encode"]
-                      + (["reference-all", "gazekit-all"] if n_strips[m] > 1 else [])
+    memory_jobs = {m: list(_ONE_STRIP_MEMORY_JOBS) + (["reference-all", "gazekit-all"] if n_strips[m] > 1 else [])
                    for m in jobs}
     steps = sum((0 if m == "organism" else 2) + R * len(memory_jobs[m]) + R + 2 for m in jobs)
     bar = tqdm(total=steps, desc="gazekit.bench", unit="step", disable=not progress)
