@@ -943,7 +943,7 @@ def run(models: Sequence[str] = DEFAULT_MODELS, *, quick: bool = False, repeats:
                     with _memory_server(isolate, dict(base, task="memory"), tmp) as server:
                         for task in memory_jobs[m]:
                             bar.set_postfix_str(f"{m}: memory of {task} (fresh process {r + 1}/{R})")
-                            tensors = r == 0 and not task.endswith("-all")  # deterministic: one count is enough
+                            tensors = r == 0 and task in _ONE_STRIP_MEMORY_JOBS  # deterministic: one count is enough
                             runs[task].append(_run_job(dict(base, task=task, tensors=tensors), isolate, tmp,
                                                        server))
                             bar.update(1)
