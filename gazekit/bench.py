@@ -82,8 +82,6 @@ TARGETS = {
 }
 # capture overhead and steering targets are stated for the mid-size config; elsewhere they are information only
 _TARGETS_ONLY_FOR = {"capture_overhead": ("qwen2vl-mid",), "steering": ("qwen2vl-mid",)}
-# the memory jobs of one strip each model runs (the "-all" jobs, for information, add whole timed jobs)
-_ONE_STRIP_MEMORY_JOBS = ("reference", "gazekit", "plain", "encode")
 
 
 # ------------------------------------------------------------------------------------------ offline Qwen2-VL
@@ -433,6 +431,12 @@ def _encode_image(vlm, strips) -> None:
     return None
 
 
+# what each memory job runs, on one strip (the "-all" jobs, for information, run theirs on every strip)
+_MEMORY_METHODS = {"reference": _reference_matrix, "gazekit": _gazekit_matrix, "plain": _plain_forward,
+                   "encode": _encode_image}
+_ONE_STRIP_MEMORY_JOBS = tuple(_MEMORY_METHODS)
+
+
 def _set_impl(model, name: str):
     model.set_attn_implementation(name)
 
@@ -504,14 +508,12 @@ def _worker(spec: dict) -> dict:
     strips = _strips_for(subject, spec.get("strips", 1))
     strip = strips[0]
     out = {"info": _describe(vlm, subject, strip)}
-    methods = {"reference": _reference_matrix, "gazekit": _gazekit_matrix, "plain": _plain_forward,
-               "encode": _encode_image}
 
     with torch.no_grad():
         # memory: one call of one method in this fresh process, after a warm-up on small strips; "-all" jobs
         # measure the whole timed job (every strip), the others one strip
-        if task.split("-")[0] in methods:
-            fn = methods[task.split("-")[0]]
+        if task.split("-")[0] in _MEMORY_METHODS:
+            fn = _MEMORY_METHODS[task.split("-")[0]]
             job = strips if task.endswith("-all") else strips[:1]
             fn(vlm, [_warm_strip(s) for s in job])
             m, extra, secs, how = _peak_extra(lambda: fn(vlm, job), device)
@@ -804,7 +806,7 @@ def _pair(block: dict, a: str, b: str, clock: str) -> dict:
 
 
 def _summarise(subject: str, mem: dict, timing: dict, quant: Optional[dict], clock: str) -> dict:
-    """mem: the memory jobs' results by task ("reference", "gazekit", "plain", and "-all" for whole jobs)."""
+    """mem: the memory jobs' results by task (_ONE_STRIP_MEMORY_JOBS, and their "-all" twins for whole jobs)."""
     ref, gk, plain, encode = mem["reference"], mem["gazekit"], mem["plain"], mem["encode"]
     d = timing["discovery"]
     ref_mat, gk_mat = np.array(ref["matrix"]), np.array(gk["matrix"])
