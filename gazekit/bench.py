@@ -512,8 +512,8 @@ def _worker(spec: dict) -> dict:
     with torch.no_grad():
         # memory: one call of one method in this fresh process, after a warm-up on small strips; "-all" jobs
         # measure the whole timed job (every strip), the others one strip
-        if task.split("-")[0] in _MEMORY_METHODS:
-            fn = _MEMORY_METHODS[task.split("-")[0]]
+        fn = _MEMORY_METHODS.get(task.split("-")[0])
+        if fn is not None:
             job = strips if task.endswith("-all") else strips[:1]
             fn(vlm, [_warm_strip(s) for s in job])
             m, extra, secs, how = _peak_extra(lambda: fn(vlm, job), device)
