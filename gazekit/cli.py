@@ -71,7 +71,8 @@ def _common(p: argparse.ArgumentParser, *, strips_default: str):
     g.add_argument("--limit", type=int, default=None, help="use only the first N strips")
     g.add_argument("--out", default=None, help="output folder (default: runs/<command>)")
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    g.add_argument("--seed", type=int, default=0, help="seed for random control heads and schedules (default 0)")
+    g.add_argument("--seed", type=int, default=None,
+                   help="seed for random control heads and schedules (default 0; 42 with --preset reference)")
 
 
 def _steering(p: argparse.ArgumentParser, *, tokens: Optional[int], conditions: str, k=True):
@@ -90,8 +91,14 @@ def _steering(p: argparse.ArgumentParser, *, tokens: Optional[int], conditions: 
                    choices=["boost_suppress", "suppress_image", "suppress_all", "max_suppress_all"],
                    help="steering mode (default boost_suppress: +B on the target, -B on other image tokens)")
     g.add_argument("--strength", type=float, default=1e4, help="bias B (default 1e4)")
-    g.add_argument("--phase", default="all", choices=["all", "decode", "prefill"],
-                   help="steer during prefill and decoding (all, the paper) or only one of them")
+    g.add_argument("--phase", default=None, choices=["all", "decode", "prefill"],
+                   help="steer during prefill and decoding (all, the paper) or only one of them (default all; "
+                        "dynamic with --preset reference: decode)")
+    g.add_argument("--preset", default="gazekit", choices=["gazekit", "reference"],
+                   help="gazekit's protocol (default) or the reference code's: its prompts, K = 100 (the model's "
+                        "recommended K where it has one), its control sampler and seed 42, decode-only dynamic "
+                        "steering, the Claude judge with its prompt unless --judge is given, the baseline-copy "
+                        "rule on every target (docs/reference-parity.md)")
     if tokens is not None:
         g.add_argument("--max-new-tokens", type=int, default=tokens, help=f"tokens to generate (default {tokens})")
     g.add_argument("--prompt", default=None, help="override the protocol's prompt")
@@ -104,7 +111,8 @@ def _steering(p: argparse.ArgumentParser, *, tokens: Optional[int], conditions: 
 
 def _judge(p: argparse.ArgumentParser):
     g = p.add_argument_group("judge")
-    g.add_argument("--judge", default=None, choices=["caption", "exact", "semantic", "claude", "openai"],
+    g.add_argument("--judge", default=None, choices=["caption", "exact", "semantic", "claude", "claude-reference",
+                                                     "openai"],
                    help="who decides which panel an answer describes (default: the lexical caption matcher for "
                         "strips with captions, else the offline semantic judge; 'exact' demands the answer be one "
                         "caption - use it for synthetic strips, whose captions differ by one word)")
@@ -189,9 +197,14 @@ def _scores(a, vlm, out: Path):
 
 
 def _judge_obj(a):
-    if a.judge in ("claude", "openai") and a.judge_model:
+    preset = getattr(a, "preset", "gazekit")
+    if a.judge_model and (a.judge in ("claude", "claude-reference", "openai")
+                          or (a.judge is None and preset == "reference")):
         from gazekit.judges import ClaudeJudge, OpenAIJudge
-        return (ClaudeJudge if a.judge == "claude" else OpenAIJudge)(model=a.judge_model)
+        if a.judge == "openai":
+            return OpenAIJudge(model=a.judge_model)
+        ref = a.judge == "claude-reference" or (a.judge is None and preset == "reference")
+        return ClaudeJudge(model=a.judge_model, style="reference" if ref else "gazekit")
     return a.judge
 
 
@@ -236,7 +249,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     log_path, others = shard_log_paths(out, a.shard)
     log = RunLog(log_path, read_also=others)
     common = dict(conditions=conditions, log=log, shard=a.shard, seed=a.seed, progress=not a.no_progress,
-                  mode=a.mode, strength=a.strength, phase=a.phase)
+                  mode=a.mode, strength=a.strength, preset=a.preset)
+    if a.phase is not None:  # else the protocol's (and preset's) default
+        common["phase"] = a.phase
     try:
         if a.command == "boxes":
             if a.scenes:
