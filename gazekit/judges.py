@@ -386,7 +386,9 @@ def reference_judge_prompt(answer: str, baseline: Optional[str] = None, n_panels
             "If the answer is generic and could fit multiple panels, still pick whichever panel the answer best "
             "matches based on any specific content present.\n\n"
             "Return ONLY a JSON object:\n"
-            f'{{"matched_panel": <1..{n_panels} or null>, "is_junk": <true/false>, "reasoning": "<one sentence>"}}')
+            f'{{"matched_panel": <1..{n_panels} or null>, "is_junk": <true/false>, '
+            # the reference's last line is a plain string, so its template ends in two closing braces: kept
+            '"reasoning": "<one sentence>"}}')
 
 
 def _first_json_object(text: str) -> dict:

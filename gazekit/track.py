@@ -75,12 +75,13 @@ def track(vlm, image, prompt: str, heads, *, max_new_tokens: int = 40, style: st
         wat.append(rec.stacked(step, weighted=True)[:, 0][li, hi])
     R = len(prep.regions)
     tokens = [vlm.tokenizer.decode([t]) for t in new[:T].tolist()]
+    text = vlm.decode(new[None, :T])[0]
     if style == "reference":  # decode steps only: drop the prefill's row; row t reads token t
         att, wat, tokens = att[1:], wat[1:], tokens[:max(T - 1, 0)]
         T = len(att)
     return Trajectory(heads=hs, tokens=tokens,
                       attention=np.array(att).reshape(T, len(hs), R), weighted=np.array(wat).reshape(T, len(hs), R),
-                      text=vlm.decode(new[None, :T])[0], region_names=list(prep.scenes[0].names))
+                      text=text, region_names=list(prep.scenes[0].names))
 
 
 def _eos_ids(vlm) -> set:
