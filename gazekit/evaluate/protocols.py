@@ -821,8 +821,9 @@ def dynamic(vlm, strips, scores, *, k: Optional[int] = None, conditions: Sequenc
                 if r is not None:
                     per.append(r)
             ci = bootstrap_ci(per, seed=seed)
+            headline = ci.mean if per else (0.0 if reference else float("nan"))  # the reference prints 0.0 then
             extra[f"{cond}" + ("" if kk != kk or kk is None else f"@k{int(kk)}")] = {
-                "spearman": ci.mean, "spearman_std": float(np.std(per)) if per else float("nan"),
+                "spearman": headline, "spearman_std": float(np.std(per)) if per else float("nan"),
                 "ci_low": ci.low, "ci_high": ci.high, "n_strips": ci.n,
                 "spearman_per_strip_mean": ci.mean,
                 "spearman_pooled": rho, "p_value": p, "n_segments_judged": int(len(ok))}
@@ -834,11 +835,13 @@ def dynamic(vlm, strips, scores, *, k: Optional[int] = None, conditions: Sequenc
                                                                  zip(gs["verdict_panel"], gs["junk"], gs["failed"])])
                        for _, gs in gc.groupby("strip", sort=False)]
                 per = [r for r in per if r is not None]
-                spread[int(cs)] = float(np.mean(per)) if per else float("nan")
+                spread[int(cs)] = float(np.mean(per)) if per else (0.0 if reference else float("nan"))
             vals = np.array(list(spread.values()))
+            ok = vals[np.isfinite(vals)]
             extra["controls"] = {f"k{k}": {"pool": str(rand["pool"].iloc[0]), "seeds": list(spread),
-                                           "per_seed_spearman": spread, "mean": float(np.nanmean(vals)),
-                                           "std": float(np.nanstd(vals, ddof=1)) if len(vals) > 1 else 0.0,
+                                           "per_seed_spearman": spread,
+                                           "mean": float(ok.mean()) if len(ok) else float("nan"),
+                                           "std": float(ok.std(ddof=1)) if len(ok) > 1 else 0.0,
                                            "n_seeds": len(vals)},
                                  **{f"hit@k{k}": v for v in _control_spread(table, "hit").values()}}
     cfg = {"model": run.model, "prompt": prompt, "max_new_tokens": max_new_tokens, "every": every, "mode": mode,
