@@ -4,7 +4,7 @@ Every protocol
 - runs the conditions ("arms") the paper compares: ``unsteered``; ``top`` — the top-K gaze heads
   (`scores.top(k)`); ``random`` — K heads drawn at random, size-matched, from a pool named in every row and table
   (`scores.controls(k, pool, seed)`; default pool: the heads scoring at or below the median, top K excluded),
-  once per control seed (``control_seeds``, default 3: seed, seed + 1, seed + 2; `.extra["controls"]` has each
+  once per control seed (``control_seeds``, default 3: seed, seed + 1, seed + 2; `Results.controls` has each
   seed's accuracy, their mean and spread); ``all`` — every head;
 - steers every (strip, target panel) pair, asks the judge which panel each answer describes, and scores a hit only
   for a non-junk, non-failed verdict naming the target; for a target other than the default panel (the panel the
@@ -330,7 +330,8 @@ class Results:
 
     `table`: tidy DataFrame, one row per scored item (condition, k, strip, target, answer, verdict, hit, the
     intervention spec ...). `summary()` / `by_panel()`: accuracy (mean of `metric`) with 95% bootstrap CIs
-    (10,000 resamples). `extra`: protocol-specific numbers (e.g. Spearman for `dynamic`)."""
+    (10,000 resamples). `extra`: protocol-specific numbers (e.g. Spearman for `dynamic`). `controls`: the random
+    control per K ("k7": its pool, seeds, each seed's accuracy — and Spearman for `dynamic` — their mean and sd)."""
 
     protocol: str
     table: "object"  # pandas.DataFrame
@@ -338,6 +339,7 @@ class Results:
     metric: str = "hit"
     extra: dict = field(default_factory=dict)
     group: tuple = ("condition", "k")
+    controls: dict = field(default_factory=dict)
 
     def _groups(self, df, by):
         import pandas as pd
@@ -412,8 +414,8 @@ class Results:
         if "target" in self.table.columns and self.metric == "hit":
             paths["by_panel"] = out / f"{stem}_by_panel.csv"
             self.by_panel().to_csv(paths["by_panel"], index=False)
-        paths["config"].write_text(json.dumps({"protocol": self.protocol, **self.config, "extra": self.extra},
-                                              indent=1, default=str))
+        paths["config"].write_text(json.dumps({"protocol": self.protocol, **self.config, "extra": self.extra,
+                                               "controls": self.controls}, indent=1, default=str))
         import matplotlib
         import matplotlib.pyplot as plt
         if not self.table.empty:
@@ -449,11 +451,11 @@ class Results:
             head += " | junk"
             sep += "|---"
         notes = []
-        for kk, c in (self.extra.get("controls") or {}).items():
+        for kk, c in self.controls.items():
             if not isinstance(c, dict) or "per_seed" not in c:
                 continue
             per = ", ".join(f"{100 * v:.1f}%" for v in c["per_seed"].values())
-            notes.append(f"random control at K={kk.lstrip('k')}: pool `{c['pool']}`, seeds {c['seeds']}: {per} "
+            notes.append(f"random control at K={kk.replace('hit@', '').lstrip('k')}: pool `{c['pool']}`, seeds {c['seeds']}: {per} "
                          f"(mean {100 * c['mean']:.1f}%, sd {100 * c['std']:.1f}) · preset "
                          f"`{self.config.get('preset', 'gazekit')}`")
         return "\n".join([head + " |", sep + "|", *lines] + ([""] + notes if notes else []))
@@ -568,7 +570,7 @@ def _static(protocol, vlm, strips, scores, arms, *, prompt, judge, log, shard, m
            "conditions": [a.condition for a in arms], "log": None if log.path is None else str(log.path),
            **_control_config(arms), "preset": preset}
     res = Results(protocol, _frame(rows), cfg)
-    res.extra["controls"] = _control_spread(res.table, "hit")
+    res.controls = _control_spread(res.table, "hit")
     return res
 
 
@@ -809,7 +811,7 @@ def dynamic(vlm, strips, scores, *, k: Optional[int] = None, conditions: Sequenc
     finally:
         pbar.close()
     table = _frame(rows)
-    extra = {}
+    extra, controls = {}, {}
     if len(table):
         for (cond, kk), g in table.groupby(["condition", "k"], dropna=False, sort=False):
             ok = g[~g["junk"] & ~g["failed"]]
@@ -838,18 +840,18 @@ def dynamic(vlm, strips, scores, *, k: Optional[int] = None, conditions: Sequenc
                 spread[int(cs)] = float(np.mean(per)) if per else (0.0 if reference else float("nan"))
             vals = np.array(list(spread.values()))
             ok = vals[np.isfinite(vals)]
-            extra["controls"] = {f"k{k}": {"pool": str(rand["pool"].iloc[0]), "seeds": list(spread),
+            controls = {f"k{k}": {"pool": str(rand["pool"].iloc[0]), "seeds": list(spread),
                                            "per_seed_spearman": spread,
                                            "mean": float(ok.mean()) if len(ok) else float("nan"),
                                            "std": float(ok.std(ddof=1)) if len(ok) > 1 else 0.0,
                                            "n_seeds": len(vals)},
-                                 **{f"hit@k{k}": v for v in _control_spread(table, "hit").values()}}
+                        **{f"hit@k{k}": v for v in _control_spread(table, "hit").values()}}
     cfg = {"model": run.model, "prompt": prompt, "max_new_tokens": max_new_tokens, "every": every, "mode": mode,
            "strength": float(strength), "phase": phase, "seed": seed, "judge": getattr(judge, "name", "custom"),
            "n_strips": len(mine), "shard": shard, "conditions": [a.condition for a in arms],
            "log": None if log.path is None else str(log.path), **_control_config(arms), "preset": preset,
            "k_rule": _k_rule(vlm, preset)}
-    return Results("dynamic", table, cfg, extra=extra)
+    return Results("dynamic", table, cfg, extra=extra, controls=controls)
 
 
 # -------------------------------------------------------------------------------------------------------- boxes
@@ -925,7 +927,7 @@ def boxes(vlm, scenes, scores, *, k: Optional[int] = None, conditions: Sequence[
                                    "n_scenes": len(mine), "shard": shard,
                                    "log": None if log.path is None else str(log.path), **_control_config(arms),
                                    "preset": preset, "k_rule": _k_rule(vlm, preset)}, metric="mentioned")
-    res.extra["controls"] = _control_spread(table, "mentioned")
+    res.controls = _control_spread(table, "mentioned")
     if len(table):
         base = table[table["condition"] == "unsteered"]["mentioned"].mean() if "unsteered" in conditions else None
         for cond in table["condition"].unique():

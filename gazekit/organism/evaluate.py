@@ -371,7 +371,7 @@ def _acc_cell(res, cond, nondefault=False) -> str:
     sfx = "_nondefault" if nondefault else ""
     cell = f"{100 * r['accuracy' + sfx]:.1f}% [{100 * r['ci_low' + sfx]:.1f}, {100 * r['ci_high' + sfx]:.1f}]"
     if cond == "random":
-        c = next(iter(res.extra.get("controls", {}).values()), None)
+        c = next(iter(res.controls.values()), None)
         if c is not None and not nondefault:
             cell += f"; per seed {', '.join(f'{100 * v:.1f}' for v in c['per_seed'].values())} (sd {100 * c['std']:.1f})"
     if not nondefault and r.get("junk_rate", 0) >= 0.005:
@@ -386,7 +386,7 @@ def _rho_cell(res, key) -> str:
     unit = "strip × draw pairs" if key.startswith("random") else "strips"
     cell = f"ρ = {e['spearman']:.3f} ({e['n_strips']} {unit} with ≥3 judged segments)"
     if key.startswith("random"):
-        c = res.extra.get("controls", {})
+        c = res.controls
         c = next((v for k, v in c.items() if "per_seed_spearman" in v), None)
         if c is not None:
             cell += f"; per seed {', '.join(f'{v:.2f}' for v in c['per_seed_spearman'].values())}"

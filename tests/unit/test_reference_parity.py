@@ -291,6 +291,8 @@ def test_vqa_reference_preset_config_and_copy_rule(fake):
     cfg = res.config
     assert cfg["preset"] == "reference" and cfg["seed"] == 42 and cfg["control_pool"] == "reference"
     assert cfg["control_seeds"] == [42, 43, 44] and cfg["k_rule"] == "the model's recommended_k"
+    assert cfg["prompt"] == gazekit.VQA_QUESTION == "What is the main action or event happening in this comic strip? "\
+        "Answer briefly."
     t = res.table
     top = t[t.condition == "top"]
     # every target, the default panel's included, goes through the copy rule: steering to the default panel
@@ -302,7 +304,7 @@ def test_vqa_reference_preset_config_and_copy_rule(fake):
     assert default.config["preset"] == "gazekit" and default.config["control_pool"] == "below-median"
     d = default.table
     assert d[(d.condition == "top") & (d.target == d.default_panel)].hit.all()
-    assert set(default.extra["controls"]["k4"]["seeds"]) == {0, 1, 2}
+    assert set(default.controls["k4"]["seeds"]) == {0, 1, 2}
     assert "pool `below-median`" in default.to_markdown()
 
 
