@@ -282,7 +282,7 @@ class TargetPicker(_Widget):
         self.k_slider = w.IntSlider(value=min(int(k), kmax), min=1, max=kmax, description="K heads",
                                     continuous_update=False)
         self.condition_menu = w.Dropdown(options=[("top-K gaze heads", "top"),
-                                                  ("K random heads (bottom 5%)", "random"),
+                                                  ("K random heads (score ≤ median)", "random"),
                                                   ("all heads", "all")], value=condition, description="heads")
         for c in (self.target_menu, self.k_slider, self.condition_menu):
             c.observe(self._on_change, "value")
