@@ -245,7 +245,8 @@ class TargetPicker(_Widget):
     >>> tp.set(target=3, k=8); tp.answer, tp.verdict
 
     Controls: target ("no steering" or a panel), K (number of heads; with `scores`), and which heads: the top-K
-    gaze heads, K random heads from those scoring at or below the median (`scores.controls`, size-matched), or all heads.
+    gaze heads, K random heads from those scoring at or below the median (`scores.controls`, size-matched), or all
+    heads.
     With `heads=` instead of `scores`, those heads are steered and the K and head-set controls are hidden.
     Shows the answer, which panel it describes (the caption judge, when the strip has captions), and a figure:
     the image with the target outlined, and the steered heads' mean attention over the regions for the last

@@ -8,5 +8,6 @@ from gazekit.evaluate.protocols import (CONDITIONS, PRESETS, Results, boxes, def
 from gazekit.evaluate.runlog import RunLog, in_shard, parse_shard
 from gazekit.evaluate.stats import CI, bootstrap_ci, spearman
 
-__all__ = ["CI", "CONDITIONS", "PRESETS", "Results", "RunLog", "bootstrap_ci", "boxes", "default_k", "default_ks", "dynamic",
+__all__ = ["CI", "CONDITIONS", "PRESETS", "Results", "RunLog", "bootstrap_ci", "boxes", "default_k", "default_ks",
+           "dynamic",
            "in_shard", "k_sweep", "mentions", "narration", "parse_shard", "reference_spearman", "spearman", "vqa"]

@@ -455,7 +455,8 @@ class Results:
             if not isinstance(c, dict) or "per_seed" not in c:
                 continue
             per = ", ".join(f"{100 * v:.1f}%" for v in c["per_seed"].values())
-            notes.append(f"random control at K={kk.replace('hit@', '').lstrip('k')}: pool `{c['pool']}`, seeds {c['seeds']}: {per} "
+            label = kk.replace("hit@", "").lstrip("k")
+            notes.append(f"random control at K={label}: pool `{c['pool']}`, seeds {c['seeds']}: {per} "
                          f"(mean {100 * c['mean']:.1f}%, sd {100 * c['std']:.1f}) · preset "
                          f"`{self.config.get('preset', 'gazekit')}`")
         return "\n".join([head + " |", sep + "|", *lines] + ([""] + notes if notes else []))

@@ -373,7 +373,8 @@ def _acc_cell(res, cond, nondefault=False) -> str:
     if cond == "random":
         c = next(iter(res.controls.values()), None)
         if c is not None and not nondefault:
-            cell += f"; per seed {', '.join(f'{100 * v:.1f}' for v in c['per_seed'].values())} (sd {100 * c['std']:.1f})"
+            per = ", ".join(f"{100 * v:.1f}" for v in c["per_seed"].values())
+            cell += f"; per seed {per} (sd {100 * c['std']:.1f})"
     if not nondefault and r.get("junk_rate", 0) >= 0.005:
         cell += f"; junk {100 * r['junk_rate']:.0f}%"
     return cell
