@@ -379,6 +379,10 @@ class Results:
             if col in df.columns:
                 agg = df.groupby(by, dropna=False, sort=False)[col].agg("mean" if col == "junk" else "sum")
                 allp = allp.merge(agg.rename(name).reset_index(), on=by, how="left")
+        if "pool" in df.columns and df["pool"].notna().any():  # every table names the control's pool and draws
+            pool = df.groupby(by, dropna=False, sort=False).agg(
+                pool=("pool", "first"), n_draws=("control_seed", lambda x: int(x.nunique())))
+            allp = allp.merge(pool.reset_index(), on=by, how="left")
         return allp
 
     def by_panel(self):

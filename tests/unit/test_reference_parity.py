@@ -337,3 +337,24 @@ def test_cli_preset_option():
     assert a.preset == "reference" and a.seed is None and a.phase is None
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["vqa", "--preset", "paper"])
+
+
+def test_cli_preset_reference_end_to_end(monkeypatch, tmp_path):
+    from fakes import FakeVLM, fake_scores, install_fake_steer
+
+    from gazekit import cli
+    install_fake_steer(monkeypatch)
+    vlm = FakeVLM()
+    monkeypatch.setattr(cli, "_load_vlm", lambda a: vlm)
+    ranking = tmp_path / "ranking.json"
+    fake_scores(vlm).save(ranking)
+    assert (tmp_path / "gaze_scores.npy").exists()  # beside the ranking, for the reference's scripts
+    out = tmp_path / "dyn"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        assert cli.main(["dynamic", "--preset", "reference", "--judge", "exact", "--strips", "synthetic:2:0",
+                         "--heads", str(ranking), "--out", str(out), "--no-progress"]) == 0
+    cfg = json.loads((out / "dynamic_config.json").read_text())
+    assert cfg["preset"] == "reference" and cfg["phase"] == "decode" and cfg["seed"] == 42
+    assert cfg["control_pool"] == "reference" and cfg["prompt"] == gazekit.REFERENCE_DYNAMIC_PROMPT
+    assert "controls" in cfg
