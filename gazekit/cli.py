@@ -19,8 +19,9 @@ STRIPS_HELP = ("strips to use: 'synthetic:N:SEED' (gazekit's synthetic comics), 
                "'comics:ROOT:N:SEED' (N random 6-panel windows of the COMICS corpus's raw panel folders)")
 
 
-def parse_strips(spec: str, limit: Optional[int] = None):
-    """Strips from a --strips spec (see STRIPS_HELP)."""
+def parse_strips(spec: str, limit: Optional[int] = None, style: str = "gazekit"):
+    """Strips from a --strips spec (see STRIPS_HELP). style="reference" builds folder and COMICS strips as the
+    reference code does (`Strip.from_panels(style="reference")`, COMICS windows within one interior page)."""
     if spec.startswith("synthetic:"):
         parts = spec.split(":")
         if len(parts) not in (2, 3):
@@ -39,10 +40,10 @@ def parse_strips(spec: str, limit: Optional[int] = None):
             raise SystemExit(f"--strips {spec!r}: use comics:ROOT:N:SEED")
         from gazekit.comics import comics_windows
         n = int(parts[2])
-        return comics_windows(parts[1], n if limit is None else min(n, limit), seed=int(parts[3]))
+        return comics_windows(parts[1], n if limit is None else min(n, limit), seed=int(parts[3]), style=style)
     if Path(spec).is_dir():
         from gazekit.comics import load_folder
-        return load_folder(spec, limit=limit)
+        return load_folder(spec, limit=limit, style=style)
     raise SystemExit(f"--strips {spec!r} is not a folder nor synthetic:N:SEED / hub:NAME / comics:ROOT:N:SEED")
 
 
@@ -129,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the reference ranking JSON (list of {layer, head, score}, best first), a sidecar "
                                    "with the 6x6 matrices and a plot.")
     _common(d, strips_default="synthetic:100:100")
+    d.add_argument("--preset", default="gazekit", choices=["gazekit", "reference"],
+                   help="'reference': the reference code's panel questions ('1st' ... '6th') and, for folder and "
+                        "COMICS strips, its strip assembly and page-bounded windows (docs/reference-parity.md)")
 
     v = sub.add_parser("vqa", help="VQA steering: does the answer describe the target panel?",
                        description="The paper's main experiment: the whole-strip question, each panel as target, "
@@ -190,10 +194,20 @@ def _scores(a, vlm, out: Path):
     if a.heads:
         raise SystemExit(f"--heads {path} does not exist; run `python -m gazekit discover --out DIR` first")
     print(f"no ranking at {path}: discovering gaze heads on {a.discover_strips} first", file=sys.stderr)
-    scores = discover(vlm, parse_strips(a.discover_strips), progress=not a.no_progress)
+    ref = getattr(a, "preset", "gazekit") == "reference"
+    scores = discover(vlm, parse_strips(a.discover_strips, style="reference" if ref else "gazekit"),
+                      progress=not a.no_progress, questions=_questions(a))
     if a.shard is None:  # one writer: shards must not race on ranking.json (they all compute the same one)
         scores.save(path)
     return scores
+
+
+def _questions(a):
+    """The six panel questions of the preset (None: discover's default)."""
+    if getattr(a, "preset", "gazekit") != "reference":
+        return None
+    from gazekit.regions import N_PANELS, panel_question
+    return [panel_question(k, style="reference") for k in range(1, N_PANELS + 1)]
 
 
 def _judge_obj(a):
@@ -227,8 +241,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     vlm = _load_vlm(a)
     if a.command == "discover":
         from gazekit import discover
-        strips = parse_strips(a.strips, a.limit)
-        scores = discover(vlm, strips, progress=not a.no_progress)
+        strips = parse_strips(a.strips, a.limit, style=a.preset)
+        scores = discover(vlm, strips, progress=not a.no_progress, questions=_questions(a))
         path = scores.save(out / "ranking.json")
         try:
             import matplotlib.pyplot as plt
@@ -267,7 +281,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             res = ev.boxes(vlm, scenes, scores, k=a.k, max_new_tokens=a.max_new_tokens, **common, **kw)
             _finish(res, a, out, "boxes")
             return 0
-        strips = parse_strips(a.strips, a.limit)
+        strips = parse_strips(a.strips, a.limit, style=a.preset)
         judge = _judge_obj(a)
         if a.command == "vqa":
             kw = {"question": a.prompt} if a.prompt else {}

@@ -337,6 +337,9 @@ def test_cli_preset_option():
     assert a.preset == "reference" and a.seed is None and a.phase is None
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["vqa", "--preset", "paper"])
+    assert cli._questions(cli.build_parser().parse_args(["discover", "--preset", "reference"]))[0] == \
+        gazekit.panel_question(1, style="reference")
+    assert cli._questions(cli.build_parser().parse_args(["discover"])) is None
 
 
 def test_cli_preset_reference_end_to_end(monkeypatch, tmp_path):
