@@ -132,8 +132,12 @@ class GazeScores:
                 raise ValueError(f"{path} is not a ranking file: expected a JSON list of {{layer, head, score}}")
             L = max(r["layer"] for r in rows) + 1
             H = max(r["head"] for r in rows) + 1
-            if vlm is not None:
-                L, H = max(L, vlm.n_layers), max(H, vlm.n_heads)
+            # a bare list carries no dimensions: its largest (layer, head) must be this model's, and every head must
+            # be ranked (padding a smaller model's file with -inf made top() return heads the file never ranked)
+            if vlm is not None and ((L, H) != (vlm.n_layers, vlm.n_heads) or len(rows) != L * H):
+                raise ValueError(f"{path} ranks {len(rows)} heads up to layer {L - 1}, head {H - 1}, but {vlm.name} "
+                                 f"has {vlm.n_layers} layers x {vlm.n_heads} heads ({vlm.n_layers * vlm.n_heads} "
+                                 "heads): this ranking is of another model; run gazekit.discover on this model")
             scores = np.full((L, H), -np.inf)
             for r in rows:
                 scores[r["layer"], r["head"]] = r["score"]
