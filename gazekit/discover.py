@@ -135,7 +135,7 @@ class GazeScores:
             # a bare list carries no dimensions: its largest (layer, head) must be this model's, and every head must
             # be ranked (padding a smaller model's file with -inf made top() return heads the file never ranked)
             if vlm is not None and ((L, H) != (vlm.n_layers, vlm.n_heads) or len(rows) != L * H):
-                raise ValueError(f"{path} ranks {len(rows)} heads up to layer {L - 1}, head {H - 1}, but {vlm.name} "
+                raise ValueError(f"{path} ranks {len(rows)} heads of a model with {L} layers x {H} heads, but {vlm.name} "
                                  f"has {vlm.n_layers} layers x {vlm.n_heads} heads ({vlm.n_layers * vlm.n_heads} "
                                  "heads): this ranking is of another model; run gazekit.discover on this model")
             scores = np.full((L, H), -np.inf)

@@ -128,7 +128,7 @@ def test_bare_ranking_of_a_smaller_model_refused(qwen, tmp_path):
     rows = [{"layer": l, "head": h, "score": float(l + h)} for l in range(1) for h in range(4)]  # 1 x 4 of a 2 x 4
     p = tmp_path / "small.json"
     p.write_text(json.dumps(rows))
-    with pytest.raises(ValueError, match=r"ranks 4 heads up to layer 0, head 3.*2 layers x 4 heads.*run "
+    with pytest.raises(ValueError, match=r"ranks 4 heads of a model with 1 layers x 4 heads, but .* has 2 layers x 4 heads.*run "
                                          "gazekit.discover on this model"):
         GazeScores.load(p, vlm=qwen)
     full = [{"layer": l, "head": h, "score": float(l + h)} for l in range(2) for h in range(4)]
