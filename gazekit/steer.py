@@ -47,10 +47,11 @@ def as_heads(vlm, heads) -> list[Head]:
         try:
             l, h = (int(v) for v in item)
         except (TypeError, ValueError):
-            raise ValueError(f"each head must be a (layer, head) pair, got {item!r}") from None
+            raise ValueError(f"each head must be a (layer, head) pair, got {item!r}: use e.g. [(0, 3), (1, 2)] or "
+                             "scores.top(k)") from None
         if not (0 <= l < L and 0 <= h < H):
             raise ValueError(f"head ({l}, {h}) out of range: this model has layers 0..{L - 1} and heads 0..{H - 1} "
-                             "(0-based)")
+                             "(0-based); use heads in these ranges, e.g. scores.top(k) of this model")
         out.append(Head(l, h))
     return out
 
@@ -178,13 +179,13 @@ def _check_target(target):
             raise ValueError("an empty schedule steers nothing; give {decode_step: target, ...}")
         for k in target:
             if not isinstance(k, int) or k < 0:
-                raise ValueError(f"schedule keys are decode steps (ints >= 0; 0 = first generated token), got {k!r}")
+                raise ValueError(f"schedule keys are decode steps (ints >= 0; 0 = first generated token), got {k!r}: use e.g. {{0: 1, 20: 3}}")
         return
     if callable(target) or isinstance(target, (int, str)) or (isinstance(target, (tuple, list)) and len(target) == 4):
         if isinstance(target, bool):
-            raise ValueError("a steering target cannot be a bool")
+            raise ValueError("a steering target cannot be a bool: use a 1-based panel number, a region name or a box")
         if isinstance(target, int) and target < 1:
-            raise ValueError(f"panel/region numbers are 1-based, got {target}")
+            raise ValueError(f"panel/region numbers are 1-based, got {target}: use 1 for the first panel")
         return
     raise ValueError(f"cannot use {target!r} as a steering target: give a 1-based region number, a region name, a box "
                      "(x0, y0, x1, y1), a schedule {decode_step: target} or a callable (step, text_so_far) -> target")
