@@ -168,7 +168,7 @@ class CaptionJudge:
         if not a:
             return Verdict(None, junk=True, reason="empty answer")
         loop = degenerate_repetition(a)
-        if loop:
+        if loop and set(a.split()) - STOPWORDS:  # (a loop of stop words falls to "no content words" below)
             return Verdict(None, junk=True, reason=loop)
         normed = [_normalise(r) for r in refs]
         inside = [i for i, r in enumerate(normed) if r and f" {r} " in f" {a} "]

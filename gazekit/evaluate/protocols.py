@@ -401,7 +401,8 @@ class Results:
         if "junk_rate" in s:
             head += " | junk"
             sep += "|---"
-        return "\n".join([head + " |", sep + "|", *lines])
+        from gazekit.evaluate.plotting import provenance
+        return "\n".join([head + " |", sep + "|", *lines, "", f"({provenance(self)})"])
 
     def __repr__(self):
         s = self.summary()
