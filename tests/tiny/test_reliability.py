@@ -191,3 +191,19 @@ def test_float64_steering_matches_eager_oracle(family, strip):
     # ... and exact up to the stock eager function's float32 softmax (llama/qwen2 eager softmax in float32)
     assert torch.allclose(p1, oracle, atol=1e-6, rtol=0), (p1 - oracle).abs().max()
     assert model.config.get_text_config()._attn_implementation == "eager"
+
+
+def test_offline_qwen_processor_recipe_from_gotchas(tmp_path, strip):
+    """docs/gotchas.md's recipe for a Qwen-VL processor without torchvision, run as written on a saved fixture."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[2] / "docs" / "gotchas.md").read_text()
+    code = re.search(r"## Building a Qwen-VL processor offline.*?```python\n(.*?)```", doc, re.S).group(1)
+    folder = tm.save_fixture("qwen2_vl", tmp_path / "qwen")
+    code = code.replace('"/models/Qwen2-VL-2B-Instruct"', repr(str(folder)))
+    scope = {"gazekit": gazekit}
+    exec(code, scope)
+    vlm = scope["vlm"]
+    assert vlm.family == "qwen2_vl" and hasattr(vlm.processor, "image_processor")
+    assert len(vlm.prepare(strip, QUESTION).regions) == 6
