@@ -2,11 +2,9 @@
 
 Each case of the issue has one test here; the last test is a property test over random heads, targets, boxes and
 strengths: after any call, successful or not, the model is exactly as before and every error names a fix."""
-import copy
 import json
 import warnings
 
-import numpy as np
 import pytest
 import torch
 
