@@ -264,9 +264,11 @@ def validate_args(a) -> None:
         v = getattr(a, attr, None)
         if v is not None and v < 1:
             raise SystemExit(f"{flag} must be >= 1, got {v}")
-    if hasattr(a, "strength") and not (math.isfinite(a.strength) and a.strength >= 0):
-        raise SystemExit(f"--strength must be a finite number >= 0, got {a.strength}; 1e4 (the default) saturates "
-                         "softmax")
+    if hasattr(a, "strength"):
+        from gazekit.steer import MAX_STRENGTH
+        if not (math.isfinite(a.strength) and 0 <= a.strength <= MAX_STRENGTH):
+            raise SystemExit(f"--strength must be a finite number >= 0 and <= {MAX_STRENGTH:g}, got {a.strength}; "
+                             "1e4 (the default) saturates softmax")
     if hasattr(a, "conditions"):
         conds = [c.strip() for c in a.conditions.split(",") if c.strip()]
         bad = [c for c in conds if c not in CONDITION_NAMES]

@@ -23,6 +23,7 @@ Mode = Literal["boost_suppress", "suppress_image", "suppress_all", "max_suppress
 Phase = Literal["all", "decode", "prefill"]
 MODES = ("boost_suppress", "suppress_image", "suppress_all", "max_suppress_all")
 PHASES = ("all", "decode", "prefill")
+MAX_STRENGTH = 1e30  # 2 x MAX_STRENGTH stays finite in float32 (max 3.4e38)
 
 
 class Head(NamedTuple):
@@ -230,6 +231,9 @@ def _check_strength(strength) -> float:
     if b != b or b in (float("inf"), float("-inf")):
         raise ValueError(f"strength must be finite, got {b}: use a large finite value such as 1e4 (it already "
                          "saturates softmax)")
+    if b > MAX_STRENGTH:  # the bias is float32 and suppressed keys can get -2B: keep it representable
+        raise ValueError(f"strength {b:g} is larger than gazekit's float32 bias can hold: use at most "
+                         f"{MAX_STRENGTH:g} (1e4 already saturates softmax)")
     if b < 0:
         raise ValueError(f"strength must be >= 0, got {b}: a negative strength is not 'steer away'. To pull heads "
                          "away from a region, steer them toward another region or a box around the rest of the image")

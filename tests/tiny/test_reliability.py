@@ -45,6 +45,9 @@ def test_negative_strength_refused(qwen):
     with pytest.raises(ValueError, match="strength must be >= 0.*steer them toward another region"):
         with gazekit.steer(qwen, [(0, 0)], target=1, strength=-5.0):
             pass
+    with pytest.raises(ValueError, match="larger than gazekit's float32 bias can hold: use at most 1e\\+30"):
+        with gazekit.steer(qwen, [(0, 0)], target=1, strength=3e38):
+            pass
     with pytest.raises(ValueError, match="strength must be a number"):
         with gazekit.steer(qwen, [(0, 0)], target=1, strength="big"):
             pass
