@@ -114,7 +114,9 @@ def _biased_mask(attention_mask, bias, B, Q, K, dtype, device) -> torch.Tensor:
     visible = add > torch.finfo(torch.float32).min / 2
     row_max = bias.masked_fill(~visible, float("-inf")).amax(-1, keepdim=True)
     row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
-    return (add + (bias - row_max)).clamp_min(torch.finfo(dtype).min).to(dtype)
+    # clamp within both float32 (the arithmetic here) and `dtype`: float64's minimum overflows a float32 tensor
+    floor = max(torch.finfo(dtype).min, torch.finfo(torch.float32).min)
+    return (add + (bias - row_max)).clamp_min(floor).to(dtype)
 
 
 def _forward_split(stock, session, layer, rows, module, query, key, value, attention_mask, **kwargs):

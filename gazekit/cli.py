@@ -19,13 +19,52 @@ STRIPS_HELP = ("strips to use: 'synthetic:N:SEED' (gazekit's synthetic comics), 
                "'comics:ROOT:N:SEED' (N random 6-panel windows of the COMICS corpus's raw panel folders)")
 
 
+def _int_field(spec: str, flag: str, value: str, what: str, usage: str, minimum: int) -> int:
+    try:
+        v = int(value)
+    except ValueError:
+        raise SystemExit(f"{flag} {spec!r}: {what} must be an integer, got {value!r}; use {usage}") from None
+    if v < minimum:
+        raise SystemExit(f"{flag} {spec!r}: {what} must be >= {minimum}, got {v}; use {usage}")
+    return v
+
+
+def check_strips_spec(spec: str, flag: str = "--strips") -> None:
+    """Check a strips spec's syntax and local paths without loading anything (the CLI does this before it loads a
+    model, so a typo costs seconds, not a discovery run). Raises SystemExit naming the fix."""
+    if spec.startswith("synthetic:"):
+        parts = spec.split(":")
+        usage = "synthetic:N or synthetic:N:SEED (e.g. synthetic:100:0)"
+        if len(parts) not in (2, 3):
+            raise SystemExit(f"{flag} {spec!r}: use {usage}")
+        _int_field(spec, flag, parts[1], "N (number of strips)", usage, 1)
+        if len(parts) == 3:
+            _int_field(spec, flag, parts[2], "SEED", usage, 0)
+        return
+    if spec.startswith("hub:"):
+        if not spec[4:]:
+            raise SystemExit(f"{flag} {spec!r}: use hub:NAME[:SPLIT], e.g. hub:baulab/openai-comic-strips:train")
+        return  # a hub name can only be checked by fetching it
+    if spec.startswith("comics:"):
+        parts = spec.split(":")
+        usage = "comics:ROOT:N:SEED (ROOT: the COMICS corpus's raw panel folders)"
+        if len(parts) != 4:
+            raise SystemExit(f"{flag} {spec!r}: use {usage}")
+        if not Path(parts[1]).is_dir():
+            raise SystemExit(f"{flag} {spec!r}: ROOT {parts[1]!r} is not a folder; use {usage}")
+        _int_field(spec, flag, parts[2], "N (number of strips)", usage, 1)
+        _int_field(spec, flag, parts[3], "SEED", usage, 0)
+        return
+    if not Path(spec).is_dir():
+        raise SystemExit(f"{flag} {spec!r} is not a folder nor synthetic:N:SEED / hub:NAME / comics:ROOT:N:SEED")
+
+
 def parse_strips(spec: str, limit: Optional[int] = None, style: str = "gazekit"):
     """Strips from a --strips spec (see STRIPS_HELP). style="reference" builds folder and COMICS strips as the
     reference code does (`Strip.from_panels(style="reference")`, COMICS windows within one interior page)."""
+    check_strips_spec(spec)
     if spec.startswith("synthetic:"):
         parts = spec.split(":")
-        if len(parts) not in (2, 3):
-            raise SystemExit(f"--strips {spec!r}: use synthetic:N or synthetic:N:SEED")
         from gazekit.comics import synthetic
         n = int(parts[1])
         return synthetic(n if limit is None else min(n, limit), seed=int(parts[2]) if len(parts) == 3 else 0)
@@ -74,6 +113,8 @@ def _common(p: argparse.ArgumentParser, *, strips_default: str):
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
     g.add_argument("--seed", type=int, default=None,
                    help="seed for random control heads and schedules (default 0; 42 with --preset reference)")
+    g.add_argument("--force", action="store_true", help="run into an --out folder that holds another configuration "
+                                                        "(its logged results are kept and resumed from)")
 
 
 def _steering(p: argparse.ArgumentParser, *, tokens: Optional[int], conditions: str, k=True):
@@ -234,10 +275,105 @@ def _finish(res, a, out: Path, command: str):
     return res
 
 
+# ------------------------------------------------------------------------------ validation before any model loads
+CONDITION_NAMES = ("unsteered", "top", "random", "all")
+
+
+def validate_args(a) -> None:
+    """Check every argument and data spec before a model is loaded; raises SystemExit naming the fix."""
+    import math
+
+    check_strips_spec(a.strips)
+    if getattr(a, "discover_strips", None) and not getattr(a, "heads", None):
+        check_strips_spec(a.discover_strips, "--discover-strips")
+    for flag, attr in (("--limit", "limit"), ("--k", "k"), ("--max-new-tokens", "max_new_tokens"),
+                       ("--batch-size", "batch_size"), ("--max-images", "max_images")):
+        v = getattr(a, attr, None)
+        if v is not None and v < 1:
+            raise SystemExit(f"{flag} must be >= 1, got {v}")
+    if hasattr(a, "strength"):
+        from gazekit.steer import MAX_STRENGTH
+        if not (math.isfinite(a.strength) and 0 <= a.strength <= MAX_STRENGTH):
+            raise SystemExit(f"--strength must be a finite number >= 0 and <= {MAX_STRENGTH:g}, got {a.strength}; "
+                             "1e4 (the default) saturates softmax")
+    if hasattr(a, "conditions"):
+        conds = [c.strip() for c in a.conditions.split(",") if c.strip()]
+        bad = [c for c in conds if c not in CONDITION_NAMES]
+        if bad or not conds:
+            raise SystemExit(f"--conditions {a.conditions!r}: use a comma-separated subset of "
+                             f"{','.join(CONDITION_NAMES)}")
+    if getattr(a, "heads", None) and not Path(a.heads).exists():
+        raise SystemExit(f"--heads {a.heads} does not exist; run `python -m gazekit discover --out DIR` first and "
+                         "pass DIR/ranking.json")
+    if getattr(a, "shard", None) is not None:
+        from gazekit.evaluate.runlog import parse_shard
+        try:
+            parse_shard(a.shard)
+        except (ValueError, TypeError) as e:
+            raise SystemExit(f"--shard {a.shard!r}: {e}; use i/n with 0 <= i < n, e.g. 0/4") from None
+    if getattr(a, "every", None) is not None and a.every != "caption":
+        try:
+            every = int(a.every)
+        except ValueError:
+            every = 0
+        if every < 1:
+            raise SystemExit(f"--every {a.every!r}: use a number of decode steps >= 1, or 'caption'")
+    if getattr(a, "ks", None):
+        try:
+            ks = [int(x) for x in a.ks.split(",")]
+        except ValueError:
+            ks = [0]
+        if any(k < 1 for k in ks):
+            raise SystemExit(f"--ks {a.ks!r}: use comma-separated integers >= 1, e.g. 1,2,5,10")
+    if a.command == "boxes":
+        if getattr(a, "scenes", None):
+            parts = a.scenes.split(":")
+            if parts[0] != "synthetic" or len(parts) not in (2, 3):
+                raise SystemExit(f"--scenes {a.scenes!r}: use synthetic:N or synthetic:N:SEED")
+            check_strips_spec(a.scenes, "--scenes")
+        elif a.coco_annotations and a.coco_images:
+            for flag, path in (("--coco-annotations", a.coco_annotations), ("--coco-images", a.coco_images)):
+                if not Path(path).exists():
+                    raise SystemExit(f"{flag} {path} does not exist")
+        else:
+            raise SystemExit("boxes needs --coco-annotations and --coco-images, or --scenes synthetic:N:SEED")
+    if getattr(a, "judge_model", None) and getattr(a, "judge", None) not in ("claude", "openai"):
+        raise SystemExit("--judge-model only applies to --judge claude or --judge openai")
+
+
+# arguments that do not change what a run computes: they may differ between reruns into one folder
+_NOT_CONFIG = ("out", "no_progress", "force", "shard", "batch_size", "device_map")
+CONFIG_FILE = "gazekit-run.json"
+
+
+def remember_config(a, out: Path) -> None:
+    """The output folder remembers the configuration that wrote it (OUT/gazekit-run.json). A rerun with another
+    configuration would append different results to the same logs, so it is refused unless `--force`."""
+    config = {k: v for k, v in sorted(vars(a).items()) if k not in _NOT_CONFIG}
+    path = out / CONFIG_FILE
+    if path.exists():
+        try:
+            before = json.loads(path.read_text())
+        except ValueError:
+            before = None
+        if before is not None and before != config:
+            diff = sorted(k for k in set(before) | set(config) if before.get(k) != config.get(k))
+            shown = "; ".join(f"--{k.replace('_', '-')}: {before.get(k)!r} -> {config.get(k)!r}" for k in diff)
+            if not a.force:
+                raise SystemExit(f"{out} holds a run with another configuration ({shown}); its logs would mix "
+                                 "results of both. Use another --out, or --force to run into it anyway")
+            print(f"--force: running into {out} with another configuration ({shown})", file=sys.stderr)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(config, indent=1, default=str))
+    tmp.replace(path)  # atomic: shards started together all write the same file
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     a = build_parser().parse_args(argv)
+    validate_args(a)
     out = Path(a.out or f"runs/{a.command}")
     out.mkdir(parents=True, exist_ok=True)
+    remember_config(a, out)
     vlm = _load_vlm(a)
     if a.command == "discover":
         from gazekit import discover

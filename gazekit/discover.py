@@ -183,8 +183,12 @@ class GazeScores:
             npy = _scores_npy(path, rows)  # the reference's [L, H] file, where it matches this ranking
             L = max(r["layer"] for r in rows) + 1 if npy is None else npy.shape[0]
             H = max(r["head"] for r in rows) + 1 if npy is None else npy.shape[1]
-            if vlm is not None:
-                L, H = max(L, vlm.n_layers), max(H, vlm.n_heads)
+            # a bare list carries no dimensions: its largest (layer, head) must be this model's, and every head must
+            # be ranked (padding a smaller model's file with -inf made top() return heads the file never ranked)
+            if vlm is not None and ((L, H) != (vlm.n_layers, vlm.n_heads) or len(rows) != L * H):
+                raise ValueError(f"{path} ranks {len(rows)} heads of a model with {L} layers x {H} heads, but {vlm.name} "
+                                 f"has {vlm.n_layers} layers x {vlm.n_heads} heads ({vlm.n_layers * vlm.n_heads} "
+                                 "heads): this ranking is of another model; run gazekit.discover on this model")
             scores = np.full((L, H), -np.inf)
             if npy is not None and npy.shape == scores.shape:
                 scores[:] = npy

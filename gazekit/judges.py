@@ -29,7 +29,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["Verdict", "CaptionJudge", "SemanticJudge", "ClaudeJudge", "OpenAIJudge", "is_baseline_copy",
+__all__ = ["Verdict", "degenerate_repetition", "CaptionJudge", "SemanticJudge", "ClaudeJudge", "OpenAIJudge", "is_baseline_copy",
            "jaccard", "words", "get_judge"]
 
 N_PANELS = 6
@@ -112,6 +112,21 @@ def is_baseline_copy(answer: str, unsteered: str, threshold: float = 0.85, style
     return jaccard(answer, unsteered) >= threshold
 
 
+def degenerate_repetition(text: str, min_repeats: int = 3, max_ngram: int = 3) -> Optional[str]:
+    """What makes `text` a degenerate loop ("blue blue blue ...", "the ball the ball the ball"), or None.
+
+    A phrase of 1..`max_ngram` words repeated `min_repeats` times back to back is a model stuck in a loop, not a
+    description: a lexical judge would otherwise credit "blue blue blue" to the one panel whose caption has "blue"
+    (the "all heads" condition on synthetic strips read 25-50% that way, issue 26)."""
+    w = words(text)
+    for n in range(1, max_ngram + 1):
+        for i in range(0, len(w) - n * min_repeats + 1):
+            gram = w[i:i + n]
+            if all(w[i + r * n:i + (r + 1) * n] == gram for r in range(1, min_repeats)):
+                return f"degenerate repetition: {' '.join(gram)!r} x{min_repeats}+"
+    return None
+
+
 _PANEL_PREFIX = re.compile(r"^panel\s*\d+\s*:\s*")
 
 
@@ -157,6 +172,8 @@ class CaptionJudge:
        2|A∩C| / (|A| + |C|); the best panel wins if its overlap is >= `min_overlap` and beats the runner-up by
        >= `margin`. Dice rather than recall so that a long answer listing everything does not match every caption.
     3. Otherwise junk.
+    Before all of these, an answer stuck in a loop (a 1-3 word phrase three times back to back, see
+    `degenerate_repetition`) is junk: "blue blue blue" describes no panel, whatever its overlap with a caption.
 
     ``exact=True`` (the judge named "exact") keeps only step 1 with equality: the answer must BE one caption.
     Use it where captions differ by a single word (the synthetic strips' "red ball flies" vs "red dot flies"):
@@ -174,6 +191,9 @@ class CaptionJudge:
         a = _normalise(answer)
         if not a:
             return Verdict(None, junk=True, reason="empty answer")
+        loop = degenerate_repetition(a)
+        if loop and set(a.split()) - STOPWORDS:  # (a loop of stop words falls to "no content words" below)
+            return Verdict(None, junk=True, reason=loop)
         normed = [_normalise(r) for r in refs]
         inside = [i for i, r in enumerate(normed) if r and f" {r} " in f" {a} "]
         if len(inside) >= 2:  # narrates several panels: a summary, not one panel

@@ -85,7 +85,7 @@ class Scene:
         """0-based index of a region given as a 1-based number or a box name."""
         if isinstance(target, str):
             if target not in self.names:
-                raise ValueError(f"no region named {target!r}; this scene has {self.names}")
+                raise ValueError(f"no region named {target!r}; use one of this scene's names {self.names} or a 1-based number")
             return self.names.index(target)
         n = len(self._box_list)
         if isinstance(target, bool) or not isinstance(target, int) or not 1 <= target <= n:

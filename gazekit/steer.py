@@ -13,6 +13,7 @@ Targets are resolved against each input prepared inside the context (`vlm.prepar
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Literal, NamedTuple, Optional, Union
 
@@ -22,6 +23,7 @@ Mode = Literal["boost_suppress", "suppress_image", "suppress_all", "max_suppress
 Phase = Literal["all", "decode", "prefill"]
 MODES = ("boost_suppress", "suppress_image", "suppress_all", "max_suppress_all")
 PHASES = ("all", "decode", "prefill")
+MAX_STRENGTH = 1e30  # 2 x MAX_STRENGTH stays finite in float32 (max 3.4e38)
 
 
 class Head(NamedTuple):
@@ -46,10 +48,11 @@ def as_heads(vlm, heads) -> list[Head]:
         try:
             l, h = (int(v) for v in item)
         except (TypeError, ValueError):
-            raise ValueError(f"each head must be a (layer, head) pair, got {item!r}") from None
+            raise ValueError(f"each head must be a (layer, head) pair, got {item!r}: use e.g. [(0, 3), (1, 2)] or "
+                             "scores.top(k)") from None
         if not (0 <= l < L and 0 <= h < H):
             raise ValueError(f"head ({l}, {h}) out of range: this model has layers 0..{L - 1} and heads 0..{H - 1} "
-                             "(0-based)")
+                             "(0-based); use heads in these ranges, e.g. scores.top(k) of this model")
         out.append(Head(l, h))
     return out
 
@@ -177,13 +180,13 @@ def _check_target(target):
             raise ValueError("an empty schedule steers nothing; give {decode_step: target, ...}")
         for k in target:
             if not isinstance(k, int) or k < 0:
-                raise ValueError(f"schedule keys are decode steps (ints >= 0; 0 = first generated token), got {k!r}")
+                raise ValueError(f"schedule keys are decode steps (ints >= 0; 0 = first generated token), got {k!r}: use e.g. {{0: 1, 20: 3}}")
         return
     if callable(target) or isinstance(target, (int, str)) or (isinstance(target, (tuple, list)) and len(target) == 4):
         if isinstance(target, bool):
-            raise ValueError("a steering target cannot be a bool")
+            raise ValueError("a steering target cannot be a bool: use a 1-based panel number, a region name or a box")
         if isinstance(target, int) and target < 1:
-            raise ValueError(f"panel/region numbers are 1-based, got {target}")
+            raise ValueError(f"panel/region numbers are 1-based, got {target}: use 1 for the first panel")
         return
     raise ValueError(f"cannot use {target!r} as a steering target: give a 1-based region number, a region name, a box "
                      "(x0, y0, x1, y1), a schedule {decode_step: target} or a callable (step, text_so_far) -> target")
@@ -196,7 +199,8 @@ def steer(vlm, heads, target, *, mode: Mode = "boost_suppress", strength: float 
     heads: list of (layer, head) (e.g. `scores.top(8)`), or "all". target: 1-based panel/region number, region name,
     box (x0, y0, x1, y1) in image pixels, schedule {decode_step: target} (0 = first generated token; a target holds
     until the next key; before the first key nothing is steered), or callable (step, text_so_far) -> target|None.
-    mode: one of MODES. strength: B (1e4 saturates softmax). phase: "all" (prefill and decoding), "decode" or
+    mode: one of MODES. strength: B, a finite number >= 0 (1e4 saturates softmax; negative is refused). Steering
+    the same head toward two different targets in nested blocks is refused (the biases would cancel). phase: "all" (prefill and decoding), "decode" or
     "prefill". Yields a SteerSpec describing the intervention.
     """
     if mode not in MODES:
@@ -204,8 +208,59 @@ def steer(vlm, heads, target, *, mode: Mode = "boost_suppress", strength: float 
     if phase not in PHASES:
         raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
     hs = as_heads(vlm, heads)
+    if not hs:  # legal (a null-steering control is exactly the unsteered model) but almost always a mistake
+        warnings.warn("steer got no heads, so nothing is steered: pass scores.top(k) with k >= 1, a list of "
+                      "(layer, head) pairs, or 'all' (an empty list is only useful as a null-steering control)",
+                      UserWarning, stacklevel=3)
     _check_target(target)
+    strength = _check_strength(strength)
+    _check_not_steered_elsewhere(vlm, hs, target, mode)
     steerer = _Steerer(vlm, hs, target, mode, strength, phase)
-    spec = SteerSpec(tuple(hs), target, mode, float(strength), phase)
+    spec = SteerSpec(tuple(hs), target, mode, strength, phase)
     with vlm._intervene(steerer, "steer"):
         yield spec
+
+
+def _check_strength(strength) -> float:
+    """Strength B must be a finite number >= 0 (NaN made every attention weight NaN; a negative B reversed the
+    mode's meaning without a word). Steering away from a region is not a strength: steer toward the others."""
+    try:
+        b = float(strength)
+    except (TypeError, ValueError):
+        raise ValueError(f"strength must be a number (1e4 saturates softmax), got {strength!r}") from None
+    if b != b or b in (float("inf"), float("-inf")):
+        raise ValueError(f"strength must be finite, got {b}: use a large finite value such as 1e4 (it already "
+                         "saturates softmax)")
+    if b > MAX_STRENGTH:  # the bias is float32 and suppressed keys can get -2B: keep it representable
+        raise ValueError(f"strength {b:g} is larger than gazekit's float32 bias can hold: use at most "
+                         f"{MAX_STRENGTH:g} (1e4 already saturates softmax)")
+    if b < 0:
+        raise ValueError(f"strength must be >= 0, got {b}: a negative strength is not 'steer away'. To pull heads "
+                         "away from a region, steer them toward another region or a box around the rest of the image")
+    return b
+
+
+def _check_not_steered_elsewhere(vlm, heads, target, mode):
+    """Refuse nesting that steers one head toward two targets at once: the two biases add up and cancel (issue 26
+    measured 0.05 attention per panel), which is no one's intent. The same head with the same target and mode nests
+    (biases add, the target stays the same); disjoint heads nest freely."""
+    session = vlm._session
+    if session is None:
+        return
+    mine = set(heads)
+    for other in session.steerers:
+        if not isinstance(other, _Steerer):
+            continue
+        theirs = {Head(l, h) for l, hs in other.by_layer.items() for h in hs}
+        both = mine & theirs
+        if both and (_hashable_target(other.target) != _hashable_target(target) or other.mode != mode):
+            shown = ", ".join(str(h) for h in sorted(both)[:4]) + (" ..." if len(both) > 4 else "")
+            raise ValueError(f"head(s) {shown} are already steered toward {other.target!r} ({other.mode}) by an outer "
+                             f"steer(); steering them toward {target!r} ({mode}) as well would cancel the two biases. "
+                             "Close the outer steer() first, or steer disjoint heads")
+
+
+def _hashable_target(t):
+    if isinstance(t, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in t.items()))
+    return _hashable(t) if not callable(t) else id(t)

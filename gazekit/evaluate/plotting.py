@@ -19,6 +19,18 @@ def _label(r):
         if k is not None and k == k else base
 
 
+def provenance(res) -> str:
+    """Who judged, how many answers, how many were junk: named on every results table and figure (issue 26), so a
+    number is never read without its judge."""
+    t = res.table
+    judge = res.config.get("judge") or (t["judge"].iloc[0] if "judge" in t.columns and len(t) else None)
+    parts = [f"judge: {judge}"] if judge else []
+    parts.append(f"n = {len(t)}")
+    if "junk" in t.columns and len(t):
+        parts.append(f"junk {100 * t['junk'].astype(float).mean():.1f}%")
+    return ", ".join(parts)
+
+
 def plot_results(res, ax=None, by: str = "condition"):
     import matplotlib.pyplot as plt
     import seaborn as sns
@@ -65,7 +77,7 @@ def plot_results(res, ax=None, by: str = "condition"):
         ax.text(ax.get_xlim()[1], chance, " chance (1/6)", va="center", ha="left", fontsize=8, color="gray")
     ax.set_ylim(0, 1.1)
     ax.set_ylabel(metric_name)
-    ax.set_title(f"{res.protocol}: {res.config.get('model', '')}", fontsize=10)
+    ax.set_title(f"{res.protocol}: {res.config.get('model', '')}\n{provenance(res)}", fontsize=9)
     sns.despine(ax=ax)
     return ax
 
@@ -93,7 +105,7 @@ def _plot_sweep(res, ax, chance):
     ax.set_xlabel("number of steered heads K")
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("answers describing the target panel")
-    ax.set_title(f"k_sweep: {res.config.get('model', '')}", fontsize=10)
+    ax.set_title(f"k_sweep: {res.config.get('model', '')}\n{provenance(res)}", fontsize=9)
     ax.legend(frameon=False, fontsize=8)
     sns.despine(ax=ax)
     return ax

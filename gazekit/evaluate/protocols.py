@@ -463,7 +463,9 @@ class Results:
             notes.append(f"random control at K={label}: pool `{c['pool']}`, seeds {c['seeds']}: {per} "
                          f"(mean {100 * c['mean']:.1f}%, sd {100 * c['std']:.1f}) · preset "
                          f"`{self.config.get('preset', 'gazekit')}`")
-        return "\n".join([head + " |", sep + "|", *lines] + ([""] + notes if notes else []))
+        from gazekit.evaluate.plotting import provenance
+        tail = ["", f"({provenance(self)})"]
+        return "\n".join([head + " |", sep + "|", *lines] + ([""] + notes if notes else []) + tail)
 
     def __repr__(self):
         s = self.summary()

@@ -109,7 +109,10 @@ class Adapter:
 
     # -- inputs ------------------------------------------------------------------------------------------------
     def preprocess_image(self, image: Image.Image) -> tuple[Image.Image, tuple[float, float]]:
-        """Image handed to the processor, and the offset (dx, dy) of the original inside it."""
+        """Image handed to the processor, and the offset (dx, dy) of the original inside it. Refuses a processor
+        whose centre crop would cut the image (a family that pads to a square overrides this)."""
+        W, H = image.size
+        _refuse_lossy_crop(getattr(self.processor, "image_processor", None), square_input=(W == H))
         return image, (0.0, 0.0)
 
     def chat_text(self, prompt: str) -> str:
@@ -194,6 +197,40 @@ class Adapter:
         return pos
 
 
+def _lossy_centre_crop(image_processor, square_input: bool):
+    """Why this image processor's centre crop would cut part of the image off, or None when it cuts nothing.
+
+    CLIP-style processors resize the shortest edge to `size` and then centre-crop `crop_size`: a non-square image
+    (unless the adapter padded it to a square) or a crop smaller than the resize loses its borders, and the tokens
+    would silently be assigned as if the whole image were seen."""
+    if not getattr(image_processor, "do_center_crop", False):
+        return None
+    crop = getattr(image_processor, "crop_size", None) or {}
+    size = getattr(image_processor, "size", None) or {}
+    get = (lambda d, k: d.get(k) if isinstance(d, dict) else getattr(d, k, None))
+    ch, cw = get(crop, "height"), get(crop, "width")
+    edge = get(size, "shortest_edge")
+    if edge is None:
+        edge = min(v for v in (get(size, "height"), get(size, "width")) if v is not None) \
+            if (get(size, "height") or get(size, "width")) else None
+    if ch is None or cw is None or edge is None:
+        return None
+    if min(ch, cw) < edge:
+        return f"it resizes the shortest edge to {edge} px and then centre-crops {cw}x{ch} px"
+    if not square_input:
+        return f"it resizes the shortest edge to {edge} px and centre-crops {cw}x{ch} px out of a non-square image"
+    return None
+
+
+def _refuse_lossy_crop(image_processor, square_input: bool):
+    why = _lossy_centre_crop(image_processor, square_input)
+    if why:
+        raise ValueError(f"the image processor would cut off the image's borders ({why}), so panels near the edges "
+                         "would lose their tokens while gazekit assigns tokens as if nothing were cropped: set "
+                         "processor.image_processor.do_center_crop = False, or make crop_size equal to the resized "
+                         "size (e.g. crop_size={'height': S, 'width': S} with size={'shortest_edge': S})")
+
+
 def _is_organism_processor(processor) -> bool:
     try:
         from gazekit.organism.processor import ComicTileProcessor
@@ -224,6 +261,8 @@ class LlavaAdapter(Adapter):
         return super().matches(model, processor) and not _is_organism_processor(processor)
 
     def preprocess_image(self, image):
+        # the padding below makes a square, so only a crop smaller than the resize can still lose pixels
+        _refuse_lossy_crop(getattr(self.processor, "image_processor", None), square_input=True)
         W, H = image.size
         S = max(W, H)
         if W == H:

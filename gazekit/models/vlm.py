@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import warnings
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +18,7 @@ from gazekit.models.adapters import Adapter, ImageCells, UnsupportedModelError, 
 from gazekit.regions import Scene, Strip
 
 ImageLike = Union[Strip, Scene, Image.Image]
+_FEW_TOKENS = 2  # a region with this many image tokens or fewer gets a warning
 
 
 def default_device() -> torch.device:
@@ -97,9 +100,24 @@ class Prepared(Mapping):
         return self
 
 
+def _pitch(values: np.ndarray) -> float:
+    u = np.unique(np.round(values, 3))
+    d = np.diff(u)
+    d = d[d > 1e-6]
+    return float(d.min()) if d.size else float("nan")
+
+
 def _cell_size_hint(cells: ImageCells, W, H) -> str:
-    n = len(cells.centres)
-    return f"{n} tokens over a {W}x{H} image, about {W * H / max(n, 1):.0f} px^2 each"
+    """What one image token covers, measured from the token centres themselves: right also where the adapter padded
+    the image (LLaVA pads a wide strip to a square, so its tokens are larger than image area / token count)."""
+    c = cells.centres
+    on_image = int(((c[:, 0] >= 0) & (c[:, 0] < W) & (c[:, 1] >= 0) & (c[:, 1] < H)).sum())
+    pw, ph = _pitch(c[:, 0]), _pitch(c[:, 1])
+    if not np.isfinite(pw):
+        pw = W
+    if not np.isfinite(ph):
+        ph = H
+    return f"{on_image} tokens fall on the {W}x{H} image, each a cell of about {pw:.0f}x{ph:.0f} px"
 
 
 @dataclass
@@ -118,8 +136,29 @@ class VLM:
 
     def __post_init__(self):
         self._stack: list = []
-        self._session = None
-        self._current: Optional[Prepared] = None
+
+    # Interventions live with the *model*, not the wrapper: two VLM wrappers of one model (e.g. a notebook that
+    # called gazekit.load(model, processor) twice) share one attention session and one "current input", so a steer
+    # opened through one wrapper keeps acting while the other prepares and runs inputs.
+    @property
+    def _shared(self) -> "_ModelState":
+        return _model_state(self.model)
+
+    @property
+    def _session(self):
+        return self._shared.session
+
+    @_session.setter
+    def _session(self, value):
+        self._shared.session = value
+
+    @property
+    def _current(self) -> Optional[Prepared]:
+        return self._shared.current
+
+    @_current.setter
+    def _current(self, value):
+        self._shared.current = value
 
     # -- facts -----------------------------------------------------------------------------------------------------
     @property
@@ -198,6 +237,13 @@ class VLM:
                 W, H = scene.image.size
                 raise ValueError(f"region {scene.names[i]!r} box {(x0, y0, x1, y1)} covers no image-token centre "
                                  f"({_cell_size_hint(cells, W, H)}); make the box larger")
+            n = int(inside.sum())
+            if n <= _FEW_TOKENS:
+                W, H = scene.image.size
+                warnings.warn(f"region {scene.names[i]!r} gets only {n} image token(s) "
+                              f"({_cell_size_hint(cells, W, H)}): its attention share and steering rest on {n} "
+                              "token(s); use larger panels or a higher-resolution image (a model with more image "
+                              "tokens per pixel)", UserWarning, stacklevel=4)
             out.append(cells.positions[torch.from_numpy(inside)])
         return out
 
@@ -248,6 +294,22 @@ class VLM:
                 session.uninstall()
 
 
+@dataclass
+class _ModelState:
+    session: Any = None
+    current: Optional[Prepared] = None
+
+
+_MODEL_STATES: "weakref.WeakKeyDictionary[Any, _ModelState]" = weakref.WeakKeyDictionary()
+
+
+def _model_state(model) -> _ModelState:
+    state = _MODEL_STATES.get(model)
+    if state is None:
+        state = _MODEL_STATES[model] = _ModelState()
+    return state
+
+
 def _embedded_dir() -> Path:
     from gazekit import organism
 
@@ -258,7 +320,8 @@ def load(model=None, processor=None, *, quantize: Optional[str] = None, device_m
          dtype: Optional[Union[str, torch.dtype]] = None, trust_remote_code: bool = False) -> VLM:
     """Load a VLM for gaze-head work.
 
-    - `load()` — the embedded comic organism shipped with gazekit (CPU, seconds).
+    - `load()` — the embedded comic organism shipped with gazekit (seconds; on the GPU when CUDA is available,
+      else the CPU).
     - `load("Qwen/Qwen2-VL-2B-Instruct")` or a local folder — `from_pretrained`; `dtype` defaults to bfloat16 on
       CUDA, float16 on Apple MPS, float32 on CPU; `quantize="4bit"` loads NF4 weights with bitsandbytes (vision tower
       and lm_head kept in full precision); `device_map="auto"` shards across GPUs with accelerate.
@@ -273,9 +336,24 @@ def load(model=None, processor=None, *, quantize: Optional[str] = None, device_m
     if processor is None:
         raise ValueError("pass the model's processor too: gazekit.load(model, processor)")
     adapter = adapter_for(model, processor)
-    model.eval()
+    _check_processor(processor)
+    if model.training:  # kept as it is: load() must not change the caller's model (issue 26)
+        warnings.warn("the model is in training mode (dropout active), so answers and attention are random: call "
+                      "model.eval() before gazekit.load(model, processor); gazekit leaves the mode as you set it",
+                      UserWarning, stacklevel=2)
     name = getattr(model.config, "_name_or_path", "") or type(model).__name__
     return VLM(model, processor, adapter, name=name)
+
+
+def _check_processor(processor) -> None:
+    """A processor (tokenizer + image processor) is needed; a bare tokenizer passes the adapter lookup and fails
+    much later, at the first image, with a misleading message about boxes."""
+    from gazekit.models.adapters import _is_organism_processor
+
+    if _is_organism_processor(processor) or hasattr(processor, "image_processor"):
+        return
+    raise ValueError(f"gazekit.load(model, processor) got a {type(processor).__name__}, which has no image processor: "
+                     "pass the model's processor, e.g. AutoProcessor.from_pretrained(<model id>), not its tokenizer")
 
 
 def _resolve_dtype(dtype, device: torch.device):
@@ -359,6 +437,10 @@ def _load_embedded(quantize=None, dtype=None) -> VLM:
             hf_logging.enable_progress_bar()
     if dtype is not None:
         model.to(_resolve_dtype(dtype, torch.device("cpu")))
+    if not quantize and torch.cuda.is_available():
+        # where the tutorials say it runs ("on cuda" when a GPU is there); the 4-bit organism stays where
+        # bitsandbytes put it. `vlm.device` (shown in repr) always tells the truth.
+        model.to("cuda")
     meta = {}
     meta_path = _embedded_dir() / "gazekit_meta.json"
     if meta_path.exists():

@@ -247,7 +247,7 @@ def test_null_steering_is_identity(case):
     with torch.no_grad():
         ref = vlm.model(**prep).logits
         ref_gen = vlm.generate(prep, max_new_tokens=4, min_new_tokens=4)
-    with gazekit.steer(vlm, [], target=2):
+    with pytest.warns(UserWarning, match="no heads"), gazekit.steer(vlm, [], target=2):
         prep = vlm.prepare(strip, QUESTION)
         with torch.no_grad():
             got = vlm.model(**prep).logits
@@ -535,7 +535,7 @@ def test_4bit_load_captures_and_steers(family, tmp_path, oracle_log):
     prep = vlm.prepare(strip, QUESTION)
     with torch.no_grad():
         ref = vlm.model(**prep).logits
-    with gazekit.steer(vlm, [], target=1):
+    with pytest.warns(UserWarning, match="no heads"), gazekit.steer(vlm, [], target=1):
         with torch.no_grad():
             null = vlm.model(**vlm.prepare(strip, QUESTION)).logits
     assert (null - ref).abs().max().item() <= 1e-6

@@ -1,4 +1,5 @@
 """The command line: --help for every command, strip specs, and small runs on the scripted fake VLM."""
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -109,3 +110,50 @@ def test_other_commands_run(fake_cli, tmp_path):
         cli.main(["boxes", "--out", str(tmp_path / "b2"), "--heads", str(ranking), "--no-progress"])
     with pytest.raises(SystemExit, match="discover"):
         cli.main(["vqa", "--heads", str(tmp_path / "missing.json"), "--out", str(tmp_path / "x")] + common[:2])
+
+
+# -- issue 26: validate before loading a model; an output folder remembers its configuration ------------------------
+@pytest.mark.parametrize("argv, message", [
+    (["vqa", "--strips", "synthetic:abc:0"], r"N \(number of strips\) must be an integer.*synthetic:N:SEED"),
+    (["vqa", "--strips", "synthetic:0:0"], r"must be >= 1"),
+    (["vqa", "--strips", "no/such/folder"], "is not a folder nor synthetic"),
+    (["vqa", "--strips", "comics:/no/root:5:0"], "ROOT '/no/root' is not a folder"),
+    (["vqa", "--discover-strips", "synthetic:1:2:3"], "--discover-strips.*use synthetic:N"),
+    (["vqa", "--conditions", "top,best"], "subset of unsteered,top,random,all"),
+    (["vqa", "--strength", "nan"], "--strength must be a finite number >= 0"),
+    (["vqa", "--strength", "-1"], "--strength must be a finite number >= 0"),
+    (["vqa", "--k", "0"], "--k must be >= 1"),
+    (["vqa", "--limit", "0"], "--limit must be >= 1"),
+    (["vqa", "--shard", "2/2"], r"--shard '2/2'.*use i/n"),
+    (["vqa", "--heads", "/no/ranking.json"], "run `python -m gazekit discover"),
+    (["vqa", "--judge-model", "x"], "--judge-model only applies"),
+    (["dynamic", "--every", "0"], "--every '0'.*or 'caption'"),
+    (["sweep", "--ks", "1,x"], "--ks '1,x'.*integers >= 1"),
+    (["boxes"], "boxes needs --coco-annotations"),
+    (["boxes", "--scenes", "coco:3"], "--scenes 'coco:3'"),
+])
+def test_cli_validates_before_loading_a_model(monkeypatch, tmp_path, argv, message):
+    def no_model(a):
+        raise AssertionError("a model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(cli, "_load_vlm", no_model)
+    with pytest.raises(SystemExit, match=message):
+        cli.main(argv + ["--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()  # nothing created either
+
+
+def test_output_folder_refuses_another_configuration(fake_cli, tmp_path):
+    vlm, ranking = fake_cli
+    out = tmp_path / "vqa"
+    base = ["vqa", "--strips", "synthetic:2:0", "--heads", str(ranking), "--out", str(out), "--no-progress"]
+    assert cli.main(base) == 0
+    assert json.loads((out / cli.CONFIG_FILE).read_text())["strips"] == "synthetic:2:0"
+    rows = len(pd.read_csv(out / "vqa.csv"))
+    other = base[:2] + ["synthetic:2:7"] + base[3:]
+    with pytest.raises(SystemExit, match=r"another configuration \(--strips: 'synthetic:2:0' -> 'synthetic:2:7'\).*"
+                                         r"another --out, or --force"):
+        cli.main(other)
+    assert len(pd.read_csv(out / "vqa.csv")) == rows  # nothing appended
+    assert cli.main(base + ["--batch-size", "1"]) == 0  # not part of the configuration: same results
+    assert cli.main(other + ["--force"]) == 0
+    assert json.loads((out / cli.CONFIG_FILE).read_text())["strips"] == "synthetic:2:7"

@@ -270,3 +270,22 @@ def test_exact_judge_rejects_near_misses(strip):
     v = exact("blue ball swims", strip)
     assert v.junk and "not exactly" in v.reason
     assert exact("yellow sun sleeps . blue dot", strip).junk  # a caption plus more is not exactly one caption
+
+
+def test_degenerate_repetition_is_junk_for_the_default_synthetic_judge():
+    """Issue 26: "blue blue blue ..." (the "all heads" condition on synthetic strips) credited to the one panel whose
+    caption has "blue" made that condition read 25-50%."""
+    from gazekit.judges import CaptionJudge, degenerate_repetition, get_judge
+    from gazekit.comics import synthetic
+
+    strips = synthetic(2, seed=0)
+    judge = get_judge(None, strips)
+    assert isinstance(judge, CaptionJudge)  # the default for captioned (synthetic) strips
+    caps = strips[0].captions
+    colour = caps[0].split()[0]
+    for loop in (" ".join([colour] * 15), f"{caps[0]} {caps[0]} {caps[0]}", "the ball the ball the ball"):
+        v = judge(loop, strips[0])
+        assert v.junk and not v.hit(1) and "degenerate repetition" in v.reason, (loop, v)
+    assert judge(caps[0], strips[0]).hit(1)  # a caption is still a hit
+    assert judge(f"{caps[0]}, then it stops", strips[0]).hit(1)
+    assert degenerate_repetition("a red ball flies over the red house") is None

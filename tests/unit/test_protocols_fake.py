@@ -111,8 +111,11 @@ def test_results_save_plot_markdown(fake, strips, tmp_path):
     assert len(pd.read_csv(paths["table"])) == 2 * 6 * (3 + 3)  # 3 conditions + the control's 3 seeds
     md = res.to_markdown()
     assert "| top (K=4) | 12 | 100.0% [100.0, 100.0]" in md
+    junk = 100 * res.table["junk"].mean()
+    assert md.endswith(f"(judge: caption, n = 72, junk {junk:.1f}%)")  # every table names judge, n, junk rate
     ax = res.plot(by="panel")
     assert ax.get_xlabel() == "target panel"
+    assert f"judge: caption, n = 72, junk {junk:.1f}%" in ax.get_title()  # and every figure
     by = res.by_panel()
     assert set(by["target"]) == set(range(1, 7)) and (by[by.condition == "top"]["accuracy"] == 1.0).all()
 
