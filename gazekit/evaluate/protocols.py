@@ -32,6 +32,7 @@ import json
 import random
 import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -215,7 +216,12 @@ class _Runner:
         else:
             st = target if steer_target is None else steer_target
             heads = [] if arm.heads is None else arm.heads if isinstance(arm.heads, str) else list(arm.heads)
-            with _steer(self.vlm, heads, st, mode=self.mode, strength=self.strength, phase=self.phase):
+            with contextlib.ExitStack() as stack:
+                with warnings.catch_warnings():
+                    # dynamic's unsteered arm steers no heads on purpose: its schedule only records the switches
+                    warnings.filterwarnings("ignore", message="steer got no heads", category=UserWarning)
+                    stack.enter_context(_steer(self.vlm, heads, st, mode=self.mode, strength=self.strength,
+                                               phase=self.phase))
                 answer = self.vlm.ask(item, prompt, max_new_tokens=max_new_tokens)
             if hasattr(st, "record"):
                 extra["switches"] = st.record
