@@ -293,6 +293,9 @@ def _resolve_dtype(dtype, device: torch.device):
 def _bnb_config(compute_dtype, skip):
     from transformers import BitsAndBytesConfig
 
+    from gazekit.models._compat import quiet_bitsandbytes_cpu_kernel_warning
+    quiet_bitsandbytes_cpu_kernel_warning()
+
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype,
                               llm_int8_skip_modules=skip)
 
