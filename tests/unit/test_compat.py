@@ -15,3 +15,4 @@ def test_bitsandbytes_optional_kernel_warning_is_dropped_and_others_kept(caplog)
         logger.warning("some other bitsandbytes problem")
     messages = [r.getMessage() for r in caplog.records if r.name == _BNB_CPU_LOGGER]
     assert messages == ["some other bitsandbytes problem"]
+

@@ -104,7 +104,7 @@ def test_fake_vqa_numbers(fake, strips):
     assert s.loc["unsteered", "accuracy"] == pytest.approx(1 / 6)
     assert s.loc["random", "accuracy"] == pytest.approx(1 / 6)
     assert s.loc["random", "accuracy_nondefault"] == 0.0 and s.loc["all", "junk_rate"] == 1.0
-    assert len(res.table) == 5 * 6 * 4 and vlm.batches == [5] * (1 + 3 * 6)  # batched across strips
+    assert len(res.table) == 5 * 6 * 4 and vlm.batches == [5] + [8, 8, 8, 6] * 3  # batched across strips and targets
     row = res.table[(res.table.condition == "top")].iloc[0]
     spec = json.loads(row["heads"])
     assert sorted(map(tuple, spec)) == sorted(vlm.gaze_heads) and row["mode"] == "boost_suppress"
