@@ -38,7 +38,19 @@ Qwen2VLImageProcessorPil — it measures:
 - steered (top ~9% heads by gaze score, panel 3) against unsteered greedy generation of the same number of tokens
   (min_new_tokens = max_new_tokens);
 - 4-bit (bitsandbytes NF4 through `gazekit.load(path, quantize="4bit")`) against fp16 bytes of the layers
-  bitsandbytes converts (quantisation state included), and of the whole model for information.
+  bitsandbytes converts (quantisation state included), and of the whole model for information;
+- evaluation throughput (`--no-evaluation` skips it): judged (strip, target) pairs per second of
+  `gazekit.evaluate.vqa` (and `narration` on the organism) with the conditions unsteered / top / random, the
+  protocols' default batching (rows of one condition with different targets in one generate call, each steered
+  toward its own target) against `batch_size=1`, on strips other than the ones discovery used (`EVAL_STRIPS`:
+  organism 8, mid-size 1); the two must give identical answers. The floor printed under it: every generation's
+  prefill run once on its own — rows steered toward different targets share no prefill, so one at a time / that
+  sum bounds what batching can reach (a missed target above the bound is reported as unreachable).
+
+`--real-dims` adds `qwen2vl-2b-dims`: random weights at Qwen2-VL-2B's published dimensions (28 layers, 12 query
+heads, hidden 1536, vocabulary 151,936, a 32-block vision tower of width 1280; ~2.2B parameters, 8.9 GB in float32)
+and a 720-token strip prompt; discovery time and extra peak memory only (targets 6x and 10x), one strip. Slow on a
+CPU: each reference discovery is six forwards of the whole model.
 
 Timings alternate the two methods of each pair inside one process; ratios are of medians. On a CPU with one torch
 thread (the default) the clock is the process's CPU time, which other programs on a shared machine barely disturb;

@@ -16,11 +16,12 @@ class _RegionRecorder:
     """Records, per forward step, every layer's last-row attention summed over regions: [L, B, H, R]."""
 
     def __init__(self, vlm, regions_of, value_norms: bool = False, steps: Optional[set] = None,
-                 query_rows: Optional[list] = None):
+                 query_rows: Optional[list] = None, renormalise: bool = True):
         self.vlm = vlm
         self.query_rows = query_rows  # None: the last query row; else these rows, as extra batch rows
         self.regions_of = regions_of  # callable(session) -> list[LongTensor] of absolute positions
         self.value_norms = value_norms
+        self.renormalise = renormalise  # value-weighted attention rescaled to sum to 1 over keys (False: a * |v|)
         self.steps = steps
         self.raw: dict[int, dict[int, torch.Tensor]] = {}  # step -> layer -> [B, H, R]
         self.weighted: dict[int, dict[int, torch.Tensor]] = {}
@@ -40,7 +41,8 @@ class _RegionRecorder:
         self.raw.setdefault(self._step, {})[layer] = raw
         if vnorm is not None:
             w = probs * vnorm
-            w = w / w.sum(-1, keepdim=True).clamp_min(1e-30)
+            if self.renormalise:
+                w = w / w.sum(-1, keepdim=True).clamp_min(1e-30)
             self.weighted.setdefault(self._step, {})[layer] = self._reduce(w, offset, K)
 
     def _reduce(self, probs, offset, K):

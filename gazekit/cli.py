@@ -19,8 +19,9 @@ STRIPS_HELP = ("strips to use: 'synthetic:N:SEED' (gazekit's synthetic comics), 
                "'comics:ROOT:N:SEED' (N random 6-panel windows of the COMICS corpus's raw panel folders)")
 
 
-def parse_strips(spec: str, limit: Optional[int] = None):
-    """Strips from a --strips spec (see STRIPS_HELP)."""
+def parse_strips(spec: str, limit: Optional[int] = None, style: str = "gazekit"):
+    """Strips from a --strips spec (see STRIPS_HELP). style="reference" builds folder and COMICS strips as the
+    reference code does (`Strip.from_panels(style="reference")`, COMICS windows within one interior page)."""
     if spec.startswith("synthetic:"):
         parts = spec.split(":")
         if len(parts) not in (2, 3):
@@ -39,10 +40,10 @@ def parse_strips(spec: str, limit: Optional[int] = None):
             raise SystemExit(f"--strips {spec!r}: use comics:ROOT:N:SEED")
         from gazekit.comics import comics_windows
         n = int(parts[2])
-        return comics_windows(parts[1], n if limit is None else min(n, limit), seed=int(parts[3]))
+        return comics_windows(parts[1], n if limit is None else min(n, limit), seed=int(parts[3]), style=style)
     if Path(spec).is_dir():
         from gazekit.comics import load_folder
-        return load_folder(spec, limit=limit)
+        return load_folder(spec, limit=limit, style=style)
     raise SystemExit(f"--strips {spec!r} is not a folder nor synthetic:N:SEED / hub:NAME / comics:ROOT:N:SEED")
 
 
@@ -71,7 +72,8 @@ def _common(p: argparse.ArgumentParser, *, strips_default: str):
     g.add_argument("--limit", type=int, default=None, help="use only the first N strips")
     g.add_argument("--out", default=None, help="output folder (default: runs/<command>)")
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    g.add_argument("--seed", type=int, default=0, help="seed for random control heads and schedules (default 0)")
+    g.add_argument("--seed", type=int, default=None,
+                   help="seed for random control heads and schedules (default 0; 42 with --preset reference)")
 
 
 def _steering(p: argparse.ArgumentParser, *, tokens: Optional[int], conditions: str, k=True):
@@ -90,8 +92,14 @@ def _steering(p: argparse.ArgumentParser, *, tokens: Optional[int], conditions: 
                    choices=["boost_suppress", "suppress_image", "suppress_all", "max_suppress_all"],
                    help="steering mode (default boost_suppress: +B on the target, -B on other image tokens)")
     g.add_argument("--strength", type=float, default=1e4, help="bias B (default 1e4)")
-    g.add_argument("--phase", default="all", choices=["all", "decode", "prefill"],
-                   help="steer during prefill and decoding (all, the paper) or only one of them")
+    g.add_argument("--phase", default=None, choices=["all", "decode", "prefill"],
+                   help="steer during prefill and decoding (all, the paper) or only one of them (default all; "
+                        "dynamic with --preset reference: decode)")
+    g.add_argument("--preset", default="gazekit", choices=["gazekit", "reference"],
+                   help="gazekit's protocol (default) or the reference code's: its prompts, K = 100 (the model's "
+                        "recommended K where it has one), its control sampler and seed 42, decode-only dynamic "
+                        "steering, the Claude judge with its prompt unless --judge is given, the baseline-copy "
+                        "rule on every target (docs/reference-parity.md)")
     if tokens is not None:
         g.add_argument("--max-new-tokens", type=int, default=tokens, help=f"tokens to generate (default {tokens})")
     g.add_argument("--prompt", default=None, help="override the protocol's prompt")
@@ -105,7 +113,8 @@ def _steering(p: argparse.ArgumentParser, *, tokens: Optional[int], conditions: 
 
 def _judge(p: argparse.ArgumentParser):
     g = p.add_argument_group("judge")
-    g.add_argument("--judge", default=None, choices=["caption", "exact", "semantic", "claude", "openai"],
+    g.add_argument("--judge", default=None, choices=["caption", "exact", "semantic", "claude", "claude-reference",
+                                                     "openai"],
                    help="who decides which panel an answer describes (default: the lexical caption matcher for "
                         "strips with captions, else the offline semantic judge; 'exact' demands the answer be one "
                         "caption - use it for synthetic strips, whose captions differ by one word)")
@@ -122,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the reference ranking JSON (list of {layer, head, score}, best first), a sidecar "
                                    "with the 6x6 matrices and a plot.")
     _common(d, strips_default="synthetic:100:100")
+    d.add_argument("--preset", default="gazekit", choices=["gazekit", "reference"],
+                   help="'reference': the reference code's panel questions ('1st' ... '6th') and, for folder and "
+                        "COMICS strips, its strip assembly and page-bounded windows (docs/reference-parity.md)")
 
     v = sub.add_parser("vqa", help="VQA steering: does the answer describe the target panel?",
                        description="The paper's main experiment: the whole-strip question, each panel as target, "
@@ -183,16 +195,31 @@ def _scores(a, vlm, out: Path):
     if a.heads:
         raise SystemExit(f"--heads {path} does not exist; run `python -m gazekit discover --out DIR` first")
     print(f"no ranking at {path}: discovering gaze heads on {a.discover_strips} first", file=sys.stderr)
-    scores = discover(vlm, parse_strips(a.discover_strips), progress=not a.no_progress)
+    ref = getattr(a, "preset", "gazekit") == "reference"
+    scores = discover(vlm, parse_strips(a.discover_strips, style="reference" if ref else "gazekit"),
+                      progress=not a.no_progress, questions=_questions(a))
     if a.shard is None:  # one writer: shards must not race on ranking.json (they all compute the same one)
         scores.save(path)
     return scores
 
 
+def _questions(a):
+    """The six panel questions of the preset (None: discover's default)."""
+    if getattr(a, "preset", "gazekit") != "reference":
+        return None
+    from gazekit.regions import N_PANELS, panel_question
+    return [panel_question(k, style="reference") for k in range(1, N_PANELS + 1)]
+
+
 def _judge_obj(a):
-    if a.judge in ("claude", "openai") and a.judge_model:
+    preset = getattr(a, "preset", "gazekit")
+    if a.judge_model and (a.judge in ("claude", "claude-reference", "openai")
+                          or (a.judge is None and preset == "reference")):
         from gazekit.judges import ClaudeJudge, OpenAIJudge
-        return (ClaudeJudge if a.judge == "claude" else OpenAIJudge)(model=a.judge_model)
+        if a.judge == "openai":
+            return OpenAIJudge(model=a.judge_model)
+        ref = a.judge == "claude-reference" or (a.judge is None and preset == "reference")
+        return ClaudeJudge(model=a.judge_model, style="reference" if ref else "gazekit")
     return a.judge
 
 
@@ -215,8 +242,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     vlm = _load_vlm(a)
     if a.command == "discover":
         from gazekit import discover
-        strips = parse_strips(a.strips, a.limit)
-        scores = discover(vlm, strips, progress=not a.no_progress)
+        strips = parse_strips(a.strips, a.limit, style=a.preset)
+        scores = discover(vlm, strips, progress=not a.no_progress, questions=_questions(a))
         path = scores.save(out / "ranking.json")
         try:
             import matplotlib.pyplot as plt
@@ -237,7 +264,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     log_path, others = shard_log_paths(out, a.shard)
     log = RunLog(log_path, read_also=others)
     common = dict(conditions=conditions, log=log, shard=a.shard, seed=a.seed, progress=not a.no_progress,
-                  mode=a.mode, strength=a.strength, phase=a.phase)
+                  mode=a.mode, strength=a.strength, preset=a.preset)
+    if a.phase is not None:  # else the protocol's (and preset's) default
+        common["phase"] = a.phase
     try:
         if a.command == "boxes":
             if a.scenes:
@@ -253,7 +282,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             res = ev.boxes(vlm, scenes, scores, k=a.k, max_new_tokens=a.max_new_tokens, **common, **kw)
             _finish(res, a, out, "boxes")
             return 0
-        strips = parse_strips(a.strips, a.limit)
+        strips = parse_strips(a.strips, a.limit, style=a.preset)
         judge = _judge_obj(a)
         if a.command == "vqa":
             kw = {"question": a.prompt} if a.prompt else {}

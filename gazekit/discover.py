@@ -25,17 +25,30 @@ from gazekit.models.vlm import LayoutMismatch
 from gazekit.steer import Head
 
 
-class ControlHeads(list):
-    """Random control heads (a plain list of Head, compared as a list); `.percentile_used` says how wide the
-    bottom-of-ranking pool had to be, `.pool_size` how many heads it held."""
+CONTROL_POOLS = ("below-median", "reference")
 
-    def __init__(self, heads, percentile_used: float, pool_size: int):
+
+class ControlHeads(list):
+    """Random control heads (a plain list of Head, compared as a list) with where they were drawn from:
+    `.pool` names the pool ("below-median" or "reference"), `.pool_size` how many heads it held, `.cutoff` the
+    score at or below which a head could be drawn, `.seed` and `.requested` (k; the reference pool may hold fewer
+    heads than k, and then `len(self) < self.requested`)."""
+
+    def __init__(self, heads, pool: str, pool_size: int, cutoff: float, seed: int, requested: int):
         super().__init__(heads)
-        self.percentile_used = percentile_used
-        self.pool_size = pool_size
+        self.pool, self.pool_size, self.cutoff = pool, int(pool_size), float(cutoff)
+        self.seed, self.requested = int(seed), int(requested)
+
+    @property
+    def description(self) -> str:
+        """One line for tables: e.g. "7 of 23 heads scoring <= median (0.098), excluding the top 7; seed 0"."""
+        what = {"reference": "the reference's percentile rule", "below-median": "median"}.get(self.pool, "any")
+        return (f"{len(self)} of {self.pool_size} heads scoring <= {self.cutoff:.4g} ({what}), excluding the top "
+                f"{self.requested}; seed {self.seed}")
 
     def __repr__(self):
-        return f"ControlHeads({list.__repr__(self)}, percentile_used={self.percentile_used}, pool_size={self.pool_size})"
+        return (f"ControlHeads({list.__repr__(self)}, pool={self.pool!r}, pool_size={self.pool_size}, "
+                f"cutoff={self.cutoff:.4g}, seed={self.seed})")
 
 
 @dataclass
@@ -76,35 +89,72 @@ class GazeScores:
             raise ValueError(f"k must be 1..{total} (this model has {total} heads), got {k}")
         return self.ranking()[:k]
 
-    def controls(self, k: int, percentile: float = 5, seed: int = 0) -> ControlHeads:
-        """k random heads from the bottom `percentile` of scores, excluding the top k. Where that pool holds fewer
-        than k heads it widens to the smallest percentile that does; `.percentile_used` records it."""
+    def controls(self, k: int, pool: str = "below-median", seed: int = 0,
+                 percentile: Optional[float] = None) -> ControlHeads:
+        """k random control heads, size-matched to `top(k)` (never any of the top k).
+
+        pool="below-median" (default): k heads drawn uniformly at random (``numpy.random.default_rng(seed)``)
+            from the heads scoring at or below the median score, the top k excluded: a pool of about half the heads,
+            so different seeds give different heads. ``percentile`` moves the cutoff (default 50). Raises where
+            the pool holds fewer than 2k heads (k too large for a random, size-matched draw).
+        pool="reference": the reference code's sampler exactly (its ``sample_non_gaze_heads``): the candidates are
+            the heads, in (layer, head) order, outside the top k whose score is <= ``numpy.percentile(scores,
+            percentile)`` (default 5; the reference's trajectory control uses 50); a ``torch.randperm`` over them
+            with ``torch.Generator().manual_seed(seed)``; the first min(k, candidates) of that permutation. It
+            may return FEWER than k heads (with 1,152 heads and the 5th percentile, ~57 for k = 100) and warns
+            when it does."""
+        import warnings
+
         total = self.scores.size
-        if not 1 <= k <= total // 2:
-            raise ValueError(f"k must be 1..{total // 2} for size-matched controls on {total} heads, got {k}")
-        ranking = self.ranking()
-        exclude = set(ranking[:k])
-        bottom_first = [h for h in reversed(ranking) if h not in exclude]
-        n_pool = max(int(np.floor(total * percentile / 100.0)), 0)
-        used = float(percentile)
-        if n_pool < k:
-            n_pool = k
-            used = float(np.ceil(100.0 * k / total * 100) / 100)
-        pool = bottom_first[:n_pool]
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= total // 2:
+            raise ValueError(f"k must be 1..{total // 2} for size-matched controls on {total} heads, got {k!r}")
+        if pool not in CONTROL_POOLS:
+            raise ValueError(f"pool must be one of {CONTROL_POOLS}, got {pool!r}")
+        k = int(k)
+        exclude = set(self.top(k))
+        finite = self.scores[np.isfinite(self.scores)]
+        L, H = self.scores.shape
+        if pool == "reference":
+            pct = 5.0 if percentile is None else float(percentile)
+            cutoff = float(np.percentile(self.scores, pct))
+            candidates = [Head(l, h) for l in range(L) for h in range(H)
+                          if Head(l, h) not in exclude and float(self.scores[l, h]) <= cutoff]
+            if not candidates:
+                warnings.warn(f"no head outside the top {k} scores <= the {pct:g}th percentile ({cutoff:.4g}): "
+                              "the reference's control is empty", stacklevel=2)
+                return ControlHeads([], "reference", 0, cutoff, seed, k)
+            gen = torch.Generator().manual_seed(int(seed))
+            perm = torch.randperm(len(candidates), generator=gen).tolist()
+            picked = [candidates[i] for i in perm[:min(k, len(candidates))]]
+            if len(picked) < k:
+                warnings.warn(f"the reference's control pool (heads scoring <= the {pct:g}th percentile, top {k} "
+                              f"excluded) holds {len(candidates)} heads: returning {len(picked)}, not {k} "
+                              "(not size-matched; pool='below-median' draws k)", stacklevel=2)
+            return ControlHeads(picked, "reference", len(candidates), cutoff, seed, k)
+        cutoff = float(np.percentile(finite, 50.0 if percentile is None else float(percentile)))
+        candidates = [h for h in self.ranking() if h not in exclude and float(self.scores[h]) <= cutoff]
+        name = "below-median"
+        if len(candidates) < 2 * k:  # k near half the heads: draw from every head outside the top k instead
+            candidates = [h for h in self.ranking() if h not in exclude]
+            cutoff, name = float(np.max(finite)), "outside-top-k"
+            warnings.warn(f"fewer than 2k = {2 * k} heads outside the top {k} score <= the cutoff: drawing from all "
+                          f"{len(candidates)} heads outside the top {k} instead", stacklevel=2)
         rng = np.random.default_rng(seed)
-        pick = rng.choice(len(pool), size=k, replace=False)
-        return ControlHeads([pool[i] for i in sorted(pick)], used, len(pool))
+        pick = sorted(rng.choice(len(candidates), size=k, replace=False).tolist())
+        return ControlHeads([candidates[i] for i in pick], name, len(candidates), cutoff, seed, k)
 
     # -- files ------------------------------------------------------------------------------------------------
     def to_reference_json(self) -> list[dict]:
         return [{"layer": h.layer, "head": h.head, "score": float(self.scores[h])} for h in self.ranking()]
 
     def save(self, path) -> Path:
-        """Write the reference ranking JSON at `path` and a sidecar `<stem>.gazekit.npz` with the matrices, the
-        model's name and dimensions."""
+        """Write the reference ranking JSON at `path`, a sidecar `<stem>.gazekit.npz` with the matrices, the
+        model's name and dimensions, and ``gaze_scores.npy`` ([L, H] float32) in the same folder — the file the
+        reference's scripts 02-05 load from beside their ranking (one per folder, as there)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.to_reference_json(), indent=1))
+        np.save(path.parent / SCORES_NPY, self.scores.astype(np.float32))
         sidecar = _sidecar(path)
         np.savez_compressed(sidecar, matrix=self.matrix if self.matrix is not None else np.zeros(0),
                             scores=self.scores, meta=json.dumps({"model_name": self.model_name,
@@ -130,11 +180,14 @@ class GazeScores:
             rows = json.loads(path.read_text())
             if not isinstance(rows, list) or not all({"layer", "head", "score"} <= set(r) for r in rows):
                 raise ValueError(f"{path} is not a ranking file: expected a JSON list of {{layer, head, score}}")
-            L = max(r["layer"] for r in rows) + 1
-            H = max(r["head"] for r in rows) + 1
+            npy = _scores_npy(path, rows)  # the reference's [L, H] file, where it matches this ranking
+            L = max(r["layer"] for r in rows) + 1 if npy is None else npy.shape[0]
+            H = max(r["head"] for r in rows) + 1 if npy is None else npy.shape[1]
             if vlm is not None:
                 L, H = max(L, vlm.n_layers), max(H, vlm.n_heads)
             scores = np.full((L, H), -np.inf)
+            if npy is not None and npy.shape == scores.shape:
+                scores[:] = npy
             for r in rows:
                 scores[r["layer"], r["head"]] = r["score"]
             out = cls(matrix=None, scores=scores)
@@ -151,6 +204,25 @@ class GazeScores:
     def __repr__(self):
         top = ", ".join(f"{h}={self.scores[h]:.2f}" for h in self.ranking()[:5])
         return f"GazeScores({self.n_layers}x{self.n_heads} heads, {self.n_strips} strips; top: {top})"
+
+
+SCORES_NPY = "gaze_scores.npy"  # the reference's name: its scripts load ranking_path.parent / "gaze_scores.npy"
+
+
+def _scores_npy(path: Path, rows: list) -> Optional[np.ndarray]:
+    """The [L, H] scores from gaze_scores.npy beside a ranking JSON, if there is one that belongs to it (every
+    listed head's score equal at float32 precision); else None."""
+    npy = path.parent / SCORES_NPY
+    if not npy.exists():
+        return None
+    arr = np.load(npy, allow_pickle=False)
+    if arr.ndim != 2 or not rows:
+        return None
+    for r in rows:
+        l, h = int(r["layer"]), int(r["head"])
+        if l >= arr.shape[0] or h >= arr.shape[1] or np.float32(r["score"]) != np.float32(arr[l, h]):
+            return None
+    return arr.astype(np.float64)
 
 
 def _sidecar(path: Path) -> Path:

@@ -90,11 +90,35 @@ def jaccard(a: str, b: str) -> float:
     return len(A & B) / len(A | B)
 
 
-def is_baseline_copy(answer: str, unsteered: str, threshold: float = 0.85) -> bool:
-    """The paper's baseline rule: True when `answer` is (nearly) the unsteered answer, word-set Jaccard >= threshold.
+def is_baseline_copy(answer: str, unsteered: str, threshold: float = 0.85, style: str = "gazekit") -> bool:
+    """The paper's baseline rule: True when `answer` is (nearly) the unsteered answer.
 
-    For a target other than the default panel such an answer is a miss: steering did not change what was said."""
+    style="gazekit": word-set Jaccard of `words()` (apostrophes kept) >= threshold; two empty answers are copies.
+    style="reference": the reference code's rule — each text stripped, lower-cased, a leading "Panel N:" removed,
+    every character other than a-z, 0-9 and space turned into a space; an empty text is never a copy; equal texts
+    are; else Jaccard of the space-split word sets >= threshold.
+    A steered answer that is a copy is a miss: steering did not change what was said (gazekit's protocols apply
+    it to targets other than the default panel, the reference preset to every target)."""
+    if style == "reference":
+        a, b = _reference_normalise(answer), _reference_normalise(unsteered)
+        if not a or not b:
+            return False
+        if a == b:
+            return True
+        A, B = set(a.split()), set(b.split())
+        return len(A & B) / len(A | B) >= threshold
+    if style != "gazekit":
+        raise ValueError(f"style must be 'gazekit' or 'reference', got {style!r}")
     return jaccard(answer, unsteered) >= threshold
+
+
+_PANEL_PREFIX = re.compile(r"^panel\s*\d+\s*:\s*")
+
+
+def _reference_normalise(text: str) -> str:
+    text = _PANEL_PREFIX.sub("", str(text).strip().lower())
+    text = re.sub(r"[^a-z0-9 ]+", " ", text)
+    return re.sub(r"\s+", " ", text).strip()
 
 
 def _references(strip, references) -> list[str]:
@@ -346,13 +370,80 @@ class _LLMJudge:
         return JUDGE_INSTRUCTIONS.format(question=question or self.question or VQA_QUESTION, answer=answer)
 
 
+def reference_judge_prompt(answer: str, baseline: Optional[str] = None, n_panels: int = N_PANELS) -> str:
+    """The reference's judge text (its judge.py): the baseline answer when there is one, the steered answer, "ignore
+    'Panel N:'", forced choice (a generic answer still gets its best panel), junk -> null, a JSON reply."""
+    blurb = f'Baseline answer (no intervention): "{baseline}"\n\n' if baseline is not None else ""
+    return (f"This is a {n_panels}-panel comic strip (panels numbered 1 to {n_panels} from left to right).\n\n"
+            f"{blurb}"
+            f'Steered answer: "{answer}"\n\n'
+            "IMPORTANT: Ignore any panel numbering inside the steered answer ('Panel 1:', 'Panel 2:'). The model often "
+            "numbers sequentially regardless of which panel it is actually describing. Match by VISUAL CONTENT.\n\n"
+            f"Pick exactly one panel (an integer 1..{n_panels}) whose visual content the steered answer best "
+            "describes \u2014 the action, objects, or scene that uniquely identifies that panel.\n\n"
+            "If the answer is incoherent, repetitive, degenerate, empty, or just numbers/labels, set is_junk=true "
+            "and matched_panel=null.\n\n"
+            "If the answer is generic and could fit multiple panels, still pick whichever panel the answer best "
+            "matches based on any specific content present.\n\n"
+            "Return ONLY a JSON object:\n"
+            f'{{"matched_panel": <1..{n_panels} or null>, "is_junk": <true/false>, '
+            # the reference's last line is a plain string, so its template ends in two closing braces: kept
+            '"reasoning": "<one sentence>"}}')
+
+
+def _first_json_object(text: str) -> dict:
+    """The reference's reply parsing: the first {...} (shortest, then longest match) that parses as JSON."""
+    for pattern in (r"\{[\s\S]*?\}", r"\{[\s\S]*\}"):
+        for m in re.finditer(pattern, text):
+            try:
+                return json.loads(m.group(0))
+            except json.JSONDecodeError:
+                continue
+    raise ValueError("judge reply did not contain a JSON object")
+
+
+def _reference_verdict(data: dict) -> Verdict:
+    """The reference's reading of {matched_panel, is_junk, reasoning}: a panel that is a bool, not an integer or
+    outside 1..6 is no panel. No panel or junk is a miss; gazekit records it as junk (a Verdict needs a panel or a
+    junk/failed flag), also where the reference counts a panel-less, non-junk reply as a plain miss."""
+    reason = str(data.get("reasoning", ""))
+    raw = data.get("matched_panel")
+    panel = None
+    if raw is not None and not isinstance(raw, bool):
+        try:
+            panel = int(raw)
+        except (TypeError, ValueError):
+            panel = None
+    if panel is not None and not 1 <= panel <= N_PANELS:
+        panel = None
+    if bool(data.get("is_junk", False)) or panel is None:
+        return Verdict(None, junk=True, reason=reason or "judged junk")
+    return Verdict(panel, reason=reason)
+
+
+def _jpeg_b64(image) -> str:
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, format="JPEG", quality=85)
+    return base64.standard_b64encode(buf.getvalue()).decode("utf-8")
+
+
 class ClaudeJudge(_LLMJudge):
-    """Anthropic Claude as judge: the strip (base64 PNG) and the answer; a forced tool call returns
-    {panel, junk, reason}. ``pip install anthropic`` and set ANTHROPIC_API_KEY (or pass ``client=``)."""
+    """Anthropic Claude as judge. ``pip install anthropic`` and set ANTHROPIC_API_KEY (or pass ``client=``).
+
+    style="gazekit" (default): the strip (base64 PNG), the question asked and the answer; a forced tool call
+        returns {panel, junk, reason}; a summary that singles out no panel is junk; temperature 0.
+    style="reference": the reference's judge exactly (`reference_judge_prompt`): the strip as JPEG (quality 85),
+        the unsteered ("baseline") answer when the protocol passes one, the steered answer, "ignore 'Panel N:'",
+        forced choice, junk -> null; a plain-text JSON reply, max_tokens 300, the API's default temperature. A
+        judge error (after the retries) is recorded as the reference does: a junk miss (`junk=True`, and
+        `failed=True` so gazekit's tables can count it)."""
 
     name = "claude"
+    accepts_baseline = True
 
-    def __init__(self, client=None, model: str = "claude-sonnet-4-5", **kw):
+    def __init__(self, client=None, model: str = "claude-sonnet-4-6", *, style: str = "gazekit", **kw):
+        if style not in ("gazekit", "reference"):
+            raise ValueError(f"style must be 'gazekit' or 'reference', got {style!r}")
         if client is None:
             try:
                 import anthropic
@@ -360,8 +451,35 @@ class ClaudeJudge(_LLMJudge):
                 raise ImportError("the Claude judge needs the optional extra: pip install anthropic") from e
             client = anthropic.Anthropic()
         super().__init__(client, model, **kw)
+        self.style = style
+        self.name = "claude-reference" if style == "reference" else "claude"
+
+    def __call__(self, answer: str, strip=None, references=None, question: str | None = None,
+                 baseline: str | None = None) -> Verdict:
+        if self.style != "reference":
+            return super().__call__(answer, strip, references, question=question)
+        if strip is None or getattr(strip, "image", None) is None:
+            raise ValueError("the claude judge shows the strip image to the LLM: pass the Strip")
+        if not str(answer).strip():  # the reference's dynamic protocol: an empty segment is junk, not sent
+            return Verdict(None, junk=True, reason="empty answer (not sent to the judge)")
+        self._baseline = baseline
+        v = super().__call__(answer, strip, references, question=question)
+        if v.failed:  # the reference: a judge error is a junk miss
+            return Verdict(None, junk=True, failed=True, reason=f"error: {v.reason}"[:500])
+        return v
 
     def _request(self, answer: str, strip, question=None) -> Verdict:
+        if self.style == "reference":
+            msg = self.client.messages.create(
+                model=self.model, max_tokens=300,
+                messages=[{"role": "user", "content": [
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg",
+                                                 "data": _jpeg_b64(strip.image)}},
+                    {"type": "text", "text": reference_judge_prompt(answer, getattr(self, "_baseline", None))}]}])
+            try:
+                return _reference_verdict(_first_json_object(msg.content[0].text.strip()))
+            except (AttributeError, IndexError, TypeError, ValueError) as e:
+                return Verdict(None, failed=True, reason=f"unreadable judge reply: {e}"[:500])
         msg = self.client.messages.create(
             model=self.model, max_tokens=300, temperature=0,
             tools=[{"name": "verdict", "description": "Record which panel the answer describes.",
@@ -414,7 +532,7 @@ class OpenAIJudge(_LLMJudge):
 
 
 JUDGES = {"caption": CaptionJudge, "exact": lambda: CaptionJudge(exact=True), "semantic": SemanticJudge,
-          "claude": ClaudeJudge, "openai": OpenAIJudge}
+          "claude": ClaudeJudge, "claude-reference": lambda: ClaudeJudge(style="reference"), "openai": OpenAIJudge}
 
 
 def get_judge(judge, strips=None):

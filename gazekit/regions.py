@@ -17,6 +17,19 @@ STRIP_HEIGHT = 256
 STRIP_GAP = 6
 N_PANELS = 6
 ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth")
+REFERENCE_ORDINALS = ("1st", "2nd", "3rd", "4th", "5th", "6th")  # the reference code's ordinal() for 1..6
+STYLES = ("gazekit", "reference")
+
+
+def _check_style(style: str) -> str:
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+    return style
+
+
+def _round32_reference(width: int) -> int:
+    """The reference's round_to_multiple: Python's round (halves to even) of width / 32, at least 32."""
+    return max(32, 32 * round(float(width) / 32.0))
 
 
 def _round32(x: float) -> int:
@@ -104,17 +117,30 @@ class Strip(Scene):
 
     @classmethod
     def from_panels(cls, panels: Sequence[Image.Image], captions: Sequence[str] | None = None,
-                    *, height: int = STRIP_HEIGHT, gap: int = STRIP_GAP) -> "Strip":
-        """Build the paper's strip from six panel images (left to right)."""
+                    *, height: int = STRIP_HEIGHT, gap: int = STRIP_GAP, style: str = "gazekit") -> "Strip":
+        """Build the paper's strip from six panel images (left to right).
+
+        style="gazekit" (default): each panel resized (BICUBIC) to the common height, width keeping the aspect
+            ratio, both rounded to a multiple of 32; panels pasted with `gap` white pixels between them, so no panel
+            pixel is covered (the strip is 5 * gap px wider than the panels).
+        style="reference": the reference code's strip pixel for pixel: LANCZOS, width = the aspect-kept width
+            truncated to an integer, then rounded to a multiple of 32 (halves to even); strip width = the sum of
+            the panel widths (a multiple of 32); then a `gap`-px white band is painted over each boundary, centred
+            on it (gap // 2 px of the left panel, the rest of the right one). Panel boxes are the panels' full
+            columns (the band included), which is also how the reference assigns tokens to panels."""
+        _check_style(style)
         panels = list(panels)
         if len(panels) != N_PANELS:
             raise ValueError(f"a comic strip needs exactly {N_PANELS} panels, got {len(panels)}; "
                              "pass six PIL images, left to right")
-        h = _round32(height)
-        resized = []
         for i, p in enumerate(panels):
             if not isinstance(p, Image.Image):
                 raise TypeError(f"panel {i + 1} is a {type(p).__name__}, not a PIL image")
+        if style == "reference":
+            return cls._from_panels_reference(panels, captions, height, gap)
+        h = _round32(height)
+        resized = []
+        for p in panels:
             w = _round32(p.width * h / p.height)
             resized.append(p.convert("RGB").resize((w, h), Image.BICUBIC))
         W = sum(p.width for p in resized) + gap * (N_PANELS - 1)
@@ -125,6 +151,30 @@ class Strip(Scene):
             boxes.append((float(x), 0.0, float(x + p.width), float(h)))
             x += p.width + gap
         return cls(strip, boxes, captions)
+
+    @classmethod
+    def _from_panels_reference(cls, panels, captions, height, gap) -> "Strip":
+        from PIL import ImageDraw
+
+        h = _round32_reference(height)
+        resized = []
+        for p in panels:
+            w = _round32_reference(int(p.width * h / max(p.height, 1)))
+            resized.append(p.convert("RGB").resize((w, h), Image.LANCZOS))
+        strip = Image.new("RGB", (sum(p.width for p in resized), h), (255, 255, 255))
+        boxes, x = [], 0
+        for p in resized:
+            strip.paste(p, (x, 0))
+            boxes.append((float(x), 0.0, float(x + p.width), float(h)))
+            x += p.width
+        if gap > 0:
+            draw = ImageDraw.Draw(strip)
+            for _, _, x1, _ in boxes[:-1]:
+                x1 = int(x1)  # the band covers x1 - gap // 2 .. x1 + (gap - gap // 2) - 1, inclusive
+                draw.rectangle([x1 - gap // 2, 0, x1 + (gap - gap // 2) - 1, h - 1], fill="white")
+        out = cls(strip, boxes, captions)
+        out.style = "reference"
+        return out
 
     @property
     def token_boxes(self) -> list[Box]:
@@ -152,14 +202,25 @@ class Strip(Scene):
         return f"Strip({self.image.width}x{self.image.height}{cap})"
 
 
-def panel_question(k: int) -> str:
-    """The paper's discovery prompt for panel k (1-based)."""
-    if not 1 <= k <= N_PANELS:
-        raise ValueError(f"panel must be 1..{N_PANELS}, got {k}")
+def panel_question(k: int, style: str = "gazekit") -> str:
+    """The paper's discovery prompt for panel k (1-based). style="gazekit" names the panel with a word ("first",
+    as the paper's text does); style="reference" as the reference code does ("1st" ... "6th")."""
+    _check_style(style)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= N_PANELS:
+        raise ValueError(f"panel must be 1..{N_PANELS}, got {k!r}")
+    ordinal = (REFERENCE_ORDINALS if style == "reference" else ORDINALS)[k - 1]
     return ("Look carefully at this six-panel comic strip. "
-            f"What is happening in the {ORDINALS[k - 1]} panel from the left? Answer briefly.")
+            f"What is happening in the {ordinal} panel from the left? Answer briefly.")
 
 
 VQA_QUESTION = "What is the main action or event happening in this comic strip? Answer briefly."
 NARRATION_PROMPT = "What is happening in this panel of the comic strip?"
 PANEL_BY_PANEL_PROMPT = "Please describe what happens in each panel, in order."
+# The reference scripts' prompts where they differ from gazekit's defaults (02_narration_trajectory.py: the
+# trajectory prompt; 05_steer_dynamic_narration.py: the dynamic narration prompt).
+REFERENCE_TRAJECTORY_PROMPT = ("Please describe what happens in each panel, in order. "
+                               "Start each panel description with 'Panel 1:', 'Panel 2:', and so on.")
+REFERENCE_DYNAMIC_PROMPT = ("Please describe each panel of this comic strip in order as I point you to them. "
+                            "Keep each description SHORT \u2014 one brief sentence per panel, naming the action and "
+                            "the salient objects. Do not summarise the whole strip first; just describe panel by "
+                            "panel.")

@@ -41,13 +41,21 @@ class Trajectory:
 
 
 @torch.no_grad()
-def track(vlm, image, prompt: str, heads, *, max_new_tokens: int = 40, **generate_kwargs) -> Trajectory:
+def track(vlm, image, prompt: str, heads, *, max_new_tokens: int = 40, style: str = "gazekit",
+          **generate_kwargs) -> Trajectory:
     """Generate greedily and record, at each step, each head's attention over the image's regions.
 
+    style="gazekit" (default): one row per generated token, from the forward that produced it (row 0 is the
+        prompt's last position, in the prefill); `weighted` is a_j * |v_j| renormalised over all keys.
+    style="reference": the reference's trajectory (its 02 script): decode steps only — the prefill row is
+        dropped, so row t is the forward that reads generated token t and produces token t + 1 (`tokens` are the
+        tokens read) — and `weighted` is a_j * |v_j| NOT renormalised (its scale is the value norms').
     Works inside `steer(...)` (to see steered heads follow a schedule)."""
+    from gazekit.regions import _check_style
+    _check_style(style)
     hs = as_heads(vlm, heads)
     prep = vlm.prepare(image, prompt)
-    rec = _RegionRecorder(vlm, _prepared_regions(vlm), value_norms=True)
+    rec = _RegionRecorder(vlm, _prepared_regions(vlm), value_norms=True, renormalise=style != "reference")
     with vlm._intervene(rec, "record"):
         out = vlm.generate(prep, max_new_tokens=max_new_tokens, **generate_kwargs)
     new = out[0, prep.prompt_len:]
@@ -67,9 +75,13 @@ def track(vlm, image, prompt: str, heads, *, max_new_tokens: int = 40, **generat
         wat.append(rec.stacked(step, weighted=True)[:, 0][li, hi])
     R = len(prep.regions)
     tokens = [vlm.tokenizer.decode([t]) for t in new[:T].tolist()]
+    text = vlm.decode(new[None, :T])[0]
+    if style == "reference":  # decode steps only: drop the prefill's row; row t reads token t
+        att, wat, tokens = att[1:], wat[1:], tokens[:max(T - 1, 0)]
+        T = len(att)
     return Trajectory(heads=hs, tokens=tokens,
                       attention=np.array(att).reshape(T, len(hs), R), weighted=np.array(wat).reshape(T, len(hs), R),
-                      text=vlm.decode(new[None, :T])[0], region_names=list(prep.scenes[0].names))
+                      text=text, region_names=list(prep.scenes[0].names))
 
 
 def _eos_ids(vlm) -> set:

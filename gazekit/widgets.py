@@ -245,7 +245,8 @@ class TargetPicker(_Widget):
     >>> tp.set(target=3, k=8); tp.answer, tp.verdict
 
     Controls: target ("no steering" or a panel), K (number of heads; with `scores`), and which heads: the top-K
-    gaze heads, K random heads from the bottom 5% of gaze scores (`scores.controls`, size-matched), or all heads.
+    gaze heads, K random heads from those scoring at or below the median (`scores.controls`, size-matched), or all
+    heads.
     With `heads=` instead of `scores`, those heads are steered and the K and head-set controls are hidden.
     Shows the answer, which panel it describes (the caption judge, when the strip has captions), and a figure:
     the image with the target outlined, and the steered heads' mean attention over the regions for the last
@@ -282,7 +283,7 @@ class TargetPicker(_Widget):
         self.k_slider = w.IntSlider(value=min(int(k), kmax), min=1, max=kmax, description="K heads",
                                     continuous_update=False)
         self.condition_menu = w.Dropdown(options=[("top-K gaze heads", "top"),
-                                                  ("K random heads (bottom 5%)", "random"),
+                                                  ("K random heads (score ≤ median)", "random"),
                                                   ("all heads", "all")], value=condition, description="heads")
         for c in (self.target_menu, self.k_slider, self.condition_menu):
             c.observe(self._on_change, "value")
@@ -326,7 +327,7 @@ class TargetPicker(_Widget):
         if self.condition == "all":
             return "all"
         if self.condition == "random":
-            return list(self.scores.controls(self.k, percentile=5, seed=self.seed))
+            return list(self.scores.controls(self.k, seed=self.seed))
         return list(self.scores.top(self.k))
 
     def set(self, target=..., k: Optional[int] = None, condition: Optional[str] = None):

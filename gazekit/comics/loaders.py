@@ -84,7 +84,7 @@ def _read_captions(path: Path) -> dict[str, list[str]]:
 
 
 def load_folder(root, captions: Union[str, Path, None, bool] = None, skip_incomplete: bool = False,
-                limit: Optional[int] = None) -> list[Strip]:
+                limit: Optional[int] = None, style: str = "gazekit") -> list[Strip]:
     """Strips from the reference layout ``root/comicN/p1.png … p6.png``.
 
     - Any sub-folder holding panel files ``p1``…``p6`` counts (any of .png .jpg .jpeg .webp .bmp .gif .tif);
@@ -94,7 +94,11 @@ def load_folder(root, captions: Union[str, Path, None, bool] = None, skip_incomp
       Per-comic ``captions.txt`` files (six lines) inside a comic folder are read too.
     - A comic with missing panels raises an error naming the comic and the panels; ``skip_incomplete=True``
       warns and skips it instead.
+    - style: how panels become a strip (`Strip.from_panels`): "gazekit" (gaps between panels) or "reference" (the
+      reference code's strip pixel for pixel: LANCZOS, a 6 px white band painted over each boundary).
     """
+    from gazekit.regions import _check_style
+    _check_style(style)
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder; expected root/comicN/p1.png … p6.png")
@@ -136,7 +140,7 @@ def load_folder(root, captions: Union[str, Path, None, bool] = None, skip_incomp
             if len(lines) != N_PANELS:
                 raise ValueError(f"{d / 'captions.txt'} has {len(lines)} non-empty lines, need {N_PANELS}")
             caps = lines
-        s = Strip.from_panels([_open(found[k]) for k in range(1, N_PANELS + 1)], caps)
+        s = Strip.from_panels([_open(found[k]) for k in range(1, N_PANELS + 1)], caps, style=style)
         s.id = d.name
         strips.append(s)
         if limit is not None and len(strips) >= limit:
@@ -245,7 +249,7 @@ def from_hub(name: str = "baulab/openai-comic-strips", split: str = "train", col
 _PANEL_FILE = re.compile(r"(\d+)_(\d+)")
 
 
-def comics_windows(root, n: int, seed: int = 0, *, window: int = N_PANELS) -> list[Strip]:
+def comics_windows(root, n: int, seed: int = 0, *, window: int = N_PANELS, style: str = "gazekit") -> list[Strip]:
     """`n` random windows of six consecutive panels from the COMICS corpus (Iyyer et al. 2017), as strips.
 
     Assumed layout (the corpus's ``raw_panel_images`` download): ``root/<book>/<page>_<panel>.jpg``, one folder per
@@ -254,12 +258,21 @@ def comics_windows(root, n: int, seed: int = 0, *, window: int = N_PANELS) -> li
     reading order. Windows are drawn uniformly without replacement over all books with `random.Random(seed)`,
     so the same (root, n, seed) gives the same strips. No captions (use the semantic or an LLM judge).
     Each strip's ``id`` is ``"<book>/<first page>_<panel>"``.
+
+    style="reference": the reference code's sampler instead (`_reference_windows`): each window lies within one
+    page, drawn with ``numpy.random.RandomState(seed)`` (random book, random interior page holding >= 6 panels —
+    the first and last 5 pages skipped in books of more than 10 pages —, random start), with replacement, and
+    the strips are built with ``Strip.from_panels(..., style="reference")``.
     """
+    from gazekit.regions import _check_style
+    _check_style(style)
     if window != N_PANELS:
         raise ValueError(f"a strip has {N_PANELS} panels; window must be {N_PANELS}")
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder; expected the COMICS raw panels: root/<book>/<page>_<panel>.jpg")
+    if style == "reference":
+        return _reference_windows(root, n, seed)
     books = []
     for d in sorted((d for d in root.iterdir() if d.is_dir()), key=lambda d: _natural_key(d.name)):
         files = []
@@ -289,3 +302,58 @@ def comics_windows(root, n: int, seed: int = 0, *, window: int = N_PANELS) -> li
         strips.append(s)
     order = random.Random(seed + 1).sample(range(n), n)  # shuffle so a prefix of the list is not one book
     return [strips[i] for i in order]
+
+
+_REFERENCE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # the reference's IMAGE_SUFFIXES
+
+
+def _pages(book: Path) -> dict[int, list[Path]]:
+    """{page: panel files in panel order} for files named <page>_<panel> (the reference's grouping)."""
+    grouped: dict[int, list] = {}
+    for f in sorted(book.iterdir()):
+        parts = f.stem.split("_")
+        if not f.is_file() or f.suffix.lower() not in _REFERENCE_SUFFIXES or len(parts) != 2:
+            continue
+        try:
+            page, panel = int(parts[0]), int(parts[1])
+        except ValueError:
+            continue
+        grouped.setdefault(page, []).append((panel, f))
+    return {p: [f for _, f in sorted(items)] for p, items in sorted(grouped.items())}
+
+
+def _reference_windows(root: Path, n: int, seed: int) -> list[Strip]:
+    """The reference's COMICS sampler (its data.py, sample_raw_panel_paths), drawn n times from one RandomState:
+    a random book (names in string order), a random interior page with >= 6 panels (any such page where the
+    interior has none), a random start within that page; up to 200 tries per strip."""
+    import numpy as np
+
+    books = sorted(d.name for d in root.iterdir() if d.is_dir())
+    if not books:
+        raise FileNotFoundError(f"no book folders under {root}; expected root/<book>/<page>_<panel>.jpg")
+    rng = np.random.RandomState(seed)
+    strips = []
+    for _ in range(n):
+        for _try in range(200):
+            book = books[int(rng.randint(len(books)))]
+            pages = _pages(root / book)
+            order = sorted(pages)
+            interior = order[5:-5] if len(order) > 10 else order
+            eligible = [p for p in interior if len(pages[p]) >= N_PANELS]
+            if not eligible:
+                eligible = [p for p, fs in pages.items() if len(fs) >= N_PANELS]
+            if not eligible:
+                continue
+            page = int(eligible[int(rng.randint(len(eligible)))])
+            files = pages[page]
+            extra = len(files) - N_PANELS
+            start = int(rng.randint(extra + 1)) if extra > 0 else 0
+            chosen = files[start:start + N_PANELS]
+            s = Strip.from_panels([_open(f) for f in chosen], style="reference")
+            s.id = f"{book}_page{page}_start{start}"  # the reference's strip name
+            strips.append(s)
+            break
+        else:
+            raise RuntimeError(f"could not sample a {N_PANELS}-panel window within one page from {root} "
+                               "in 200 tries: no book has a page with 6 panels")
+    return strips

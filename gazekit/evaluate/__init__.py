@@ -3,10 +3,11 @@
 >>> res = gazekit.evaluate.vqa(vlm, strips, scores, log="runs/vqa.jsonl")
 >>> res.summary(); res.plot(); res.save("runs/vqa")
 """
-from gazekit.evaluate.protocols import (CONDITIONS, Results, boxes, default_k, default_ks, dynamic, k_sweep,
-                                        mentions, narration, vqa)
+from gazekit.evaluate.protocols import (CONDITIONS, PRESETS, Results, boxes, default_k, default_ks, dynamic, k_sweep,
+                                        mentions, narration, reference_spearman, vqa)
 from gazekit.evaluate.runlog import RunLog, in_shard, parse_shard
 from gazekit.evaluate.stats import CI, bootstrap_ci, spearman
 
-__all__ = ["CI", "CONDITIONS", "Results", "RunLog", "bootstrap_ci", "boxes", "default_k", "default_ks", "dynamic",
-           "in_shard", "k_sweep", "mentions", "narration", "parse_shard", "spearman", "vqa"]
+__all__ = ["CI", "CONDITIONS", "PRESETS", "Results", "RunLog", "bootstrap_ci", "boxes", "default_k", "default_ks",
+           "dynamic",
+           "in_shard", "k_sweep", "mentions", "narration", "parse_shard", "reference_spearman", "spearman", "vqa"]

@@ -2,13 +2,20 @@
 
 Every protocol
 - runs the conditions ("arms") the paper compares: ``unsteered``; ``top`` — the top-K gaze heads
-  (`scores.top(k)`); ``random`` — K random heads from the bottom 5th percentile of gaze scores, size-matched
-  (`scores.controls(k, percentile=5, seed)`; the pool widens when 5% holds fewer than K heads and the table
-  records the percentile used); ``all`` — every head;
+  (`scores.top(k)`); ``random`` — K heads drawn at random, size-matched, from a pool named in every row and table
+  (`scores.controls(k, pool, seed)`; default pool: the heads scoring at or below the median, top K excluded),
+  once per control seed (``control_seeds``, default 3: seed, seed + 1, seed + 2; `Results.controls` has each
+  seed's accuracy, their mean and spread); ``all`` — every head;
 - steers every (strip, target panel) pair, asks the judge which panel each answer describes, and scores a hit only
   for a non-junk, non-failed verdict naming the target; for a target other than the default panel (the panel the
   unsteered answer describes) an answer with word-set Jaccard >= 0.85 to the unsteered one is a miss (the paper's
   baseline rule);
+- ``preset="reference"`` runs the reference code's protocol instead (docs/reference-parity.md, step by step): its
+  prompts, K = 100 (a model's stored `recommended_k` where it has one, e.g. the organism's 48 heads), its control
+  sampler (`pool="reference"`, seed 42), decode-only dynamic steering, the Claude judge with the reference prompt
+  (`ClaudeJudge(style="reference")`) unless a judge is given, the baseline-copy rule on every target with the
+  reference's normalisation (copies are not sent to the judge), and the per-strip-mean Spearman. Results record
+  the preset in `.config["preset"]`;
 - appends every generation and judgement to a `RunLog` as it happens (pass ``log=path``) so a rerun resumes, and
   runs only its part of the strips with ``shard=(i, n)``;
 - returns a `Results`: a tidy table (one row per scored item, with the intervention spec), accuracies with 95%
@@ -34,11 +41,16 @@ import numpy as np
 from gazekit.evaluate.runlog import RunLog, in_shard, parse_shard
 from gazekit.evaluate.stats import bootstrap_ci, spearman
 from gazekit.judges import Verdict, get_judge, is_baseline_copy, words
-from gazekit.regions import N_PANELS, NARRATION_PROMPT, PANEL_BY_PANEL_PROMPT, VQA_QUESTION, panel_question
+from gazekit.regions import (N_PANELS, NARRATION_PROMPT, PANEL_BY_PANEL_PROMPT, REFERENCE_DYNAMIC_PROMPT, VQA_QUESTION,
+                             panel_question)
 from gazekit.steer import RowTargets
 
 __all__ = ["Results", "vqa", "narration", "dynamic", "k_sweep", "boxes", "CONDITIONS", "default_k", "default_ks", "mentions",
-           "derangement", "BOX_PROMPT"]
+           "derangement", "BOX_PROMPT", "PRESETS", "reference_spearman"]
+
+PRESETS = ("gazekit", "reference")
+REFERENCE_SEED = 42  # the reference scripts' DEFAULT_SEED (control sampler, derangements, bootstrap)
+REFERENCE_K = 100    # the reference scripts' --top-k-gaze / --top-k-random
 
 CONDITIONS = ("unsteered", "top", "random", "all")
 CHANCE = 1.0 / N_PANELS
@@ -59,14 +71,41 @@ def _steer(vlm, heads, target, *, mode, strength, phase):
     return steer(vlm, heads, target, mode=mode, strength=strength, phase=phase)
 
 
-def default_k(vlm, scores=None) -> int:
+def default_k(vlm, scores=None, preset: str = "gazekit") -> int:
     """K when none is given: the model's stored `recommended_k` (the embedded organism has one), else the paper's
-    K=100 of Qwen3-VL-8B's 1152 heads scaled to this model's head count."""
+    K=100 of Qwen3-VL-8B's 1152 heads scaled to this model's head count (preset="gazekit") or K = 100 as the
+    reference scripts use for every model (preset="reference"; at most half the model's heads)."""
     k = getattr(vlm, "recommended_k", None)
     if k:
         return int(k)
     total = int(vlm.n_layers) * int(vlm.n_heads)
+    if _check_preset(preset) == "reference":
+        return min(REFERENCE_K, total // 2)
     return max(1, round(total * 100 / 1152))
+
+
+def _k_rule(vlm, preset) -> str:
+    if getattr(vlm, "recommended_k", None):
+        return "the model's recommended_k"
+    return "K = 100 (the reference's)" if preset == "reference" else "100 x heads / 1152"
+
+
+def _check_preset(preset: str) -> str:
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
+    return preset
+
+
+def _preset_seed(seed, preset) -> int:
+    return int(seed) if seed is not None else (REFERENCE_SEED if preset == "reference" else 0)
+
+
+def _preset_judge(judge, preset):
+    """The reference preset judges with Claude and the reference prompt unless a judge is given."""
+    if judge is None and preset == "reference":
+        from gazekit.judges import ClaudeJudge
+        return ClaudeJudge(style="reference")
+    return judge
 
 
 def _item_id(obj) -> str:
@@ -113,7 +152,8 @@ class Arm:
     condition: str
     k: Optional[int]
     heads: object  # list of (layer, head), "all" or None
-    percentile_used: Optional[float] = None
+    pool: Optional[str] = None          # random arms: the pool the heads were drawn from (ControlHeads.pool)
+    control_seed: Optional[int] = None  # random arms: the seed of the draw
 
     @property
     def n_heads(self):
@@ -122,7 +162,7 @@ class Arm:
         return "all" if isinstance(self.heads, str) else len(self.heads)
 
 
-def _make_arms(vlm, scores, conditions, ks, seed) -> list[Arm]:
+def _make_arms(vlm, scores, conditions, ks, seed, control_seeds: int = 3, pool: str = "below-median") -> list[Arm]:
     unknown = [c for c in conditions if c not in CONDITIONS]
     if unknown:
         raise ValueError(f"unknown condition(s) {unknown}; choose from {CONDITIONS}")
@@ -136,8 +176,11 @@ def _make_arms(vlm, scores, conditions, ks, seed) -> list[Arm]:
         if "top" in conditions:
             arms.append(Arm("top", k, tuple(tuple(h) for h in scores.top(k))))
         if "random" in conditions:
-            c = scores.controls(k, percentile=5, seed=seed)
-            arms.append(Arm("random", k, tuple(tuple(h) for h in c), getattr(c, "percentile_used", None)))
+            if control_seeds < 1:
+                raise ValueError(f"control_seeds must be >= 1 (draws of the random control), got {control_seeds}")
+            for cs in range(seed, seed + control_seeds):
+                c = scores.controls(k, pool=pool, seed=cs)
+                arms.append(Arm("random", k, tuple(tuple(h) for h in c), getattr(c, "pool", pool), cs))
     if "all" in conditions:
         arms.append(Arm("all", None, "all"))
     return arms
@@ -190,7 +233,7 @@ class _Runner:
 
     def _row(self, key, meta, arm, target, prompt, max_new_tokens, answer, seconds, extra=None) -> dict:
         return {"key": key, "kind": "generation", **meta, "condition": arm.condition, "k": arm.k,
-                "n_heads": arm.n_heads, "percentile_used": arm.percentile_used, "target": target,
+                "n_heads": arm.n_heads, "pool": arm.pool, "control_seed": arm.control_seed, "target": target,
                 "prompt": prompt, "max_new_tokens": max_new_tokens, "model": self.model, "answer": answer,
                 "spec": self.spec(arm, target), "seconds": round(seconds, 4), **(extra or {})}
 
@@ -257,16 +300,18 @@ class _Runner:
             return self.vlm.ask_batch(items, [prompt] * len(items), max_new_tokens=max_new_tokens)
 
     def verdict(self, gen_key: str, answer: str, item, references=None, suffix: str = "",
-                question: Optional[str] = None) -> Verdict:
+                question: Optional[str] = None, baseline: Optional[str] = None) -> Verdict:
         name = getattr(self.judge, "name", type(self.judge).__name__)
         key = f"judge|{name}|{gen_key}{suffix}"
         row = self.log.get(key)
         if row is not None and self.log.done(key):
             return Verdict.from_dict(row["verdict"])
+        kw = {}
         if question is not None and getattr(self.judge, "accepts_question", False):
-            v = self.judge(answer, item, references, question=question)  # LLM judges see the prompt answered
-        else:
-            v = self.judge(answer, item, references)
+            kw["question"] = question  # LLM judges see the prompt answered
+        if baseline is not None and getattr(self.judge, "accepts_baseline", False):
+            kw["baseline"] = baseline  # the reference's Claude prompt shows the unsteered answer
+        v = self.judge(answer, item, references, **kw)
         self.log.append({"key": key, "kind": "judgement", "gen_key": gen_key, "judge": name,
                          "answer": answer, "verdict": v.to_dict(), "failed": v.failed})
         return v
@@ -304,7 +349,8 @@ class Results:
 
     `table`: tidy DataFrame, one row per scored item (condition, k, strip, target, answer, verdict, hit, the
     intervention spec ...). `summary()` / `by_panel()`: accuracy (mean of `metric`) with 95% bootstrap CIs
-    (10,000 resamples). `extra`: protocol-specific numbers (e.g. Spearman for `dynamic`)."""
+    (10,000 resamples). `extra`: protocol-specific numbers (e.g. Spearman for `dynamic`). `controls`: the random
+    control per K ("k7": its pool, seeds, each seed's accuracy — and Spearman for `dynamic` — their mean and sd)."""
 
     protocol: str
     table: "object"  # pandas.DataFrame
@@ -312,6 +358,7 @@ class Results:
     metric: str = "hit"
     extra: dict = field(default_factory=dict)
     group: tuple = ("condition", "k")
+    controls: dict = field(default_factory=dict)
 
     def _groups(self, df, by):
         import pandas as pd
@@ -351,6 +398,10 @@ class Results:
             if col in df.columns:
                 agg = df.groupby(by, dropna=False, sort=False)[col].agg("mean" if col == "junk" else "sum")
                 allp = allp.merge(agg.rename(name).reset_index(), on=by, how="left")
+        if "pool" in df.columns and df["pool"].notna().any():  # every table names the control's pool and draws
+            pool = df.groupby(by, dropna=False, sort=False).agg(
+                pool=("pool", "first"), n_draws=("control_seed", lambda x: int(x.nunique())))
+            allp = allp.merge(pool.reset_index(), on=by, how="left")
         return allp
 
     def by_panel(self):
@@ -386,8 +437,8 @@ class Results:
         if "target" in self.table.columns and self.metric == "hit":
             paths["by_panel"] = out / f"{stem}_by_panel.csv"
             self.by_panel().to_csv(paths["by_panel"], index=False)
-        paths["config"].write_text(json.dumps({"protocol": self.protocol, **self.config, "extra": self.extra},
-                                              indent=1, default=str))
+        paths["config"].write_text(json.dumps({"protocol": self.protocol, **self.config, "extra": self.extra,
+                                               "controls": self.controls}, indent=1, default=str))
         import matplotlib
         import matplotlib.pyplot as plt
         if not self.table.empty:
@@ -405,6 +456,8 @@ class Results:
         for _, r in s.iterrows():
             k = r.get("k")
             cond = str(r["condition"]) + (f" (K={int(k)})" if k is not None and not pd.isna(k) else "")
+            if r["condition"] == "random" and self.config.get("control_pool"):
+                cond += f", pool {self.config['control_pool']}, {len(self.config.get('control_seeds', []))} seeds"
             cell = f"{100 * r['accuracy']:.1f}% [{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}]"
             nd = ""
             if "accuracy_nondefault" in r and r["accuracy_nondefault"] == r["accuracy_nondefault"]:
@@ -420,7 +473,16 @@ class Results:
         if "junk_rate" in s:
             head += " | junk"
             sep += "|---"
-        return "\n".join([head + " |", sep + "|", *lines])
+        notes = []
+        for kk, c in self.controls.items():
+            if not isinstance(c, dict) or "per_seed" not in c:
+                continue
+            per = ", ".join(f"{100 * v:.1f}%" for v in c["per_seed"].values())
+            label = kk.replace("hit@", "").lstrip("k")
+            notes.append(f"random control at K={label}: pool `{c['pool']}`, seeds {c['seeds']}: {per} "
+                         f"(mean {100 * c['mean']:.1f}%, sd {100 * c['std']:.1f}) · preset "
+                         f"`{self.config.get('preset', 'gazekit')}`")
+        return "\n".join([head + " |", sep + "|", *lines] + ([""] + notes if notes else []))
 
     def __repr__(self):
         s = self.summary()
@@ -434,7 +496,7 @@ def _frame(rows):
 
 # -------------------------------------------------------------------------------------------- static protocols
 def _static(protocol, vlm, strips, scores, arms, *, prompt, judge, log, shard, max_new_tokens, seed, progress,
-            mode, strength, phase, targets, batch_size=None, baseline_threshold=0.85) -> Results:
+            mode, strength, phase, targets, batch_size=None, baseline_threshold=0.85, preset="gazekit") -> Results:
     strips = list(strips)
     if not strips:
         raise ValueError(f"{protocol} needs at least one strip, e.g. gazekit.comics.synthetic(20, seed=0)")
@@ -452,6 +514,7 @@ def _static(protocol, vlm, strips, scores, arms, *, prompt, judge, log, shard, m
     pbar = _tqdm(len(mine) * per_strip, protocol, progress)
     run = _Runner(vlm, log, judge, mode=mode, strength=strength, phase=phase, pbar=pbar)
     unsteered_arm = Arm("unsteered", None, None)
+    reference = preset == "reference"
     rows = []
     ids = {idx: _item_id(strip) for idx, strip in mine}
     metas = {idx: {"protocol": protocol, "strip": ids[idx], "strip_index": idx} for idx, _ in mine}
@@ -485,25 +548,40 @@ def _static(protocol, vlm, strips, scores, arms, *, prompt, judge, log, shard, m
             sid, r = ids[idx], refs.get(idx)
             ukey = gen_key(unsteered_arm, idx, None)
             u = gens[ukey]
+            # the reference shows its judge the unsteered answer, beside every steered one (not beside itself)
             uv = run.verdict(ukey, u["answer"], strip, r, question=prompt)
             default = uv.panel if not (uv.junk or uv.failed) else None
             for arm in arms:
                 for t in targets:
+                    nondefault = t != default
                     if arm.heads is None:
-                        g, v, gkey = u, uv, ukey
+                        g, gkey = u, ukey
                     else:
                         gkey = gen_key(arm, idx, t)
                         g = gens[gkey]
-                        v = run.verdict(gkey, g["answer"], strip, r, question=prompt)
-                    nondefault = t != default
-                    copy = nondefault and is_baseline_copy(g["answer"], u["answer"], baseline_threshold)
+                    if arm.heads is None:  # the baseline itself (the reference has no unsteered row to score)
+                        copy = False
+                    elif reference:  # the reference's rule: every target; a copy is a miss without a verdict
+                        copy = is_baseline_copy(g["answer"], u["answer"], baseline_threshold, style="reference")
+                    else:
+                        copy = nondefault and is_baseline_copy(g["answer"], u["answer"], baseline_threshold)
+                    if arm.heads is None:
+                        v = uv
+                    elif reference and copy:
+                        v = None
+                    else:
+                        v = run.verdict(gkey, g["answer"], strip, r, question=prompt,
+                                        baseline=u["answer"] if reference else None)
                     rows.append({
                         "protocol": protocol, "condition": arm.condition, "k": arm.k, "n_heads": arm.n_heads,
-                        "percentile_used": arm.percentile_used, "strip": sid, "strip_index": idx, "target": t,
+                        "pool": arm.pool, "control_seed": arm.control_seed, "strip": sid, "strip_index": idx,
+                        "target": t,
                         "default_panel": default, "nondefault": nondefault, "answer": g["answer"],
-                        "unsteered_answer": u["answer"], "verdict_panel": v.panel, "junk": v.junk,
-                        "failed": v.failed, "reason": v.reason, "baseline_copy": copy,
-                        "hit": bool(v.hit(t) and not copy), "judge": getattr(judge, "name", "custom"),
+                        "unsteered_answer": u["answer"], "verdict_panel": None if v is None else v.panel,
+                        "junk": False if v is None else v.junk, "failed": False if v is None else v.failed,
+                        "reason": "baseline copy: not judged (the reference's rule)" if v is None else v.reason,
+                        "baseline_copy": copy, "hit": bool(v is not None and v.hit(t) and not copy),
+                        "judge": getattr(judge, "name", "custom"),
                         **_spec_columns(arm, mode, strength),
                         "key": gkey})
     finally:
@@ -511,15 +589,40 @@ def _static(protocol, vlm, strips, scores, arms, *, prompt, judge, log, shard, m
     cfg = {"model": run.model, "prompt": prompt, "max_new_tokens": max_new_tokens, "mode": mode,
            "strength": float(strength), "phase": phase, "seed": seed, "judge": getattr(judge, "name", "custom"),
            "n_strips": len(mine), "shard": shard, "targets": targets, "baseline_threshold": baseline_threshold,
-           "conditions": [a.condition for a in arms], "log": None if log.path is None else str(log.path)}
-    return Results(protocol, _frame(rows), cfg)
+           "baseline_rule": ("every target, reference normalisation" if reference else "non-default targets"),
+           "conditions": [a.condition for a in arms], "log": None if log.path is None else str(log.path),
+           **_control_config(arms), "preset": preset}
+    res = Results(protocol, _frame(rows), cfg)
+    res.controls = _control_spread(res.table, "hit")
+    return res
+
+
+def _control_config(arms) -> dict:
+    rand = [a for a in arms if a.condition == "random"]
+    return {"control_pool": rand[0].pool if rand else None,
+            "control_seeds": sorted({a.control_seed for a in rand}) if rand else []}
+
+
+def _control_spread(table, metric: str) -> dict:
+    """The random control per K: each seed's mean `metric`, and the mean and standard deviation over seeds."""
+    out = {}
+    if table is None or len(table) == 0 or "control_seed" not in table.columns:
+        return out
+    rand = table[table["condition"] == "random"]
+    for k, g in rand.groupby("k", sort=True):
+        per = {int(cs): float(gs[metric].astype(float).mean()) for cs, gs in g.groupby("control_seed", sort=True)}
+        vals = np.array(list(per.values()))
+        out[f"k{int(k)}"] = {"pool": str(g["pool"].iloc[0]), "seeds": list(per), "per_seed": per,
+                             "mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
+                             "n_seeds": len(vals)}
+    return out
 
 
 def vqa(vlm, strips, scores, *, k: Optional[int] = None, conditions: Sequence[str] = CONDITIONS, judge=None,
-        log=None, shard=None, max_new_tokens: int = 15, seed: int = 0, progress: bool = True,
+        log=None, shard=None, max_new_tokens: int = 15, seed: Optional[int] = None, progress: bool = True,
         mode: str = "boost_suppress", strength: float = 1e4, phase: str = "all",
         targets: Sequence[int] = range(1, N_PANELS + 1), question: str = VQA_QUESTION,
-        batch_size: Optional[int] = None) -> Results:
+        batch_size: Optional[int] = None, preset: str = "gazekit", control_seeds: int = 3) -> Results:
     """VQA steering (the paper's main experiment): ask the whole-strip question with every panel as steering
     target, 15 new tokens, and measure how often the answer describes the target panel.
 
@@ -529,28 +632,42 @@ def vqa(vlm, strips, scores, *, k: Optional[int] = None, conditions: Sequence[st
     (or RunLog) to record and resume; shard: (i, n) to run every n-th strip from i; batch_size: (strip, target)
     rows of one image size and condition generated together per `vlm.ask_batch` call, each row steered toward its
     own target (None: as many as `BATCH_TOKENS` prompt tokens allow, at most `MAX_BATCH_ROWS`; 1 = one at a time;
-    lower it if a GPU runs out of memory).
-    Chance is 1/6. Returns `Results`."""
-    k = default_k(vlm) if k is None else int(k)
-    arms = _make_arms(vlm, scores, conditions, [k], seed)
-    return _static("vqa", vlm, strips, scores, arms, prompt=question, judge=judge, log=log, shard=shard,
-                   max_new_tokens=max_new_tokens, seed=seed, progress=progress, mode=mode, strength=strength,
-                   phase=phase, targets=targets, batch_size=batch_size)
+    lower it if a GPU runs out of memory); seed: the random controls' first
+    seed and the bootstrap's (default 0; 42 under the reference preset); control_seeds: draws of the random
+    control (seed, seed + 1, ...); preset: "gazekit" or "reference" (the reference code's protocol, see the
+    module doc). Chance is 1/6. Returns `Results`."""
+    return _static_protocol("vqa", vlm, strips, scores, [k], conditions, judge=judge, log=log, shard=shard,
+                            max_new_tokens=max_new_tokens, seed=seed, progress=progress, mode=mode,
+                            strength=strength, phase=phase, targets=targets, prompt=question, batch_size=batch_size,
+                            preset=preset, control_seeds=control_seeds)
+
+
+def _static_protocol(protocol, vlm, strips, scores, ks, conditions, *, judge, seed, preset, control_seeds,
+                     **kw) -> Results:
+    """vqa / narration / k_sweep: the preset's K, seed, control pool and judge, then `_static`."""
+    _check_preset(preset)
+    ks = [default_k(vlm, preset=preset) if k is None else int(k) for k in ks]
+    seed = _preset_seed(seed, preset)
+    pool = "reference" if preset == "reference" else "below-median"
+    arms = _make_arms(vlm, scores, conditions, ks, seed, control_seeds, pool)
+    res = _static(protocol, vlm, strips, scores, arms, judge=_preset_judge(judge, preset), seed=seed, preset=preset,
+                  **kw)
+    res.config["k_rule"] = _k_rule(vlm, preset)
+    return res
 
 
 def narration(vlm, strips, scores, *, k: Optional[int] = None, conditions: Sequence[str] = CONDITIONS,
-              judge=None, log=None, shard=None, max_new_tokens: int = 100, seed: int = 0, progress: bool = True,
-              mode: str = "boost_suppress", strength: float = 1e4, phase: str = "all",
+              judge=None, log=None, shard=None, max_new_tokens: int = 100, seed: Optional[int] = None,
+              progress: bool = True, mode: str = "boost_suppress", strength: float = 1e4, phase: str = "all",
               targets: Sequence[int] = range(1, N_PANELS + 1), prompt: str = NARRATION_PROMPT,
-              batch_size: Optional[int] = None) -> Results:
+              batch_size: Optional[int] = None, preset: str = "gazekit", control_seeds: int = 3) -> Results:
     """Static narration steering: the ambiguous prompt "What is happening in this panel of the comic strip?"
     (unsteered models describe panel 1 or summarise), ~100 new tokens, one target panel for the whole answer.
     Same arguments and scoring as `vqa`."""
-    k = default_k(vlm) if k is None else int(k)
-    arms = _make_arms(vlm, scores, conditions, [k], seed)
-    return _static("narration", vlm, strips, scores, arms, prompt=prompt, judge=judge, log=log, shard=shard,
-                   max_new_tokens=max_new_tokens, seed=seed, progress=progress, mode=mode, strength=strength,
-                   phase=phase, targets=targets, batch_size=batch_size)
+    return _static_protocol("narration", vlm, strips, scores, [k], conditions, judge=judge, log=log, shard=shard,
+                            max_new_tokens=max_new_tokens, seed=seed, progress=progress, mode=mode,
+                            strength=strength, phase=phase, targets=targets, prompt=prompt, batch_size=batch_size,
+                            preset=preset, control_seeds=control_seeds)
 
 
 def default_ks(vlm) -> list[int]:
@@ -564,17 +681,19 @@ def default_ks(vlm) -> list[int]:
 
 def k_sweep(vlm, strips, scores, ks: Optional[Sequence[int]] = None, *,
             conditions: Sequence[str] = ("unsteered", "top", "random"), judge=None, log=None, shard=None,
-            max_new_tokens: int = 15, seed: int = 0, progress: bool = True, mode: str = "boost_suppress",
-            strength: float = 1e4, phase: str = "all", targets: Sequence[int] = range(1, N_PANELS + 1),
-            question: str = VQA_QUESTION, batch_size: Optional[int] = None) -> Results:
+            max_new_tokens: int = 15, seed: Optional[int] = None, progress: bool = True,
+            mode: str = "boost_suppress", strength: float = 1e4, phase: str = "all",
+            targets: Sequence[int] = range(1, N_PANELS + 1), question: str = VQA_QUESTION,
+            batch_size: Optional[int] = None,
+            preset: str = "gazekit", control_seeds: int = 3) -> Results:
     """VQA steering accuracy as a function of the number of heads K (paper: ~36% at K=5, 83% at K=100, lower
     again for much larger K). Runs the top-K (and random) condition for every K in `ks` (default `default_ks`),
     plus the unsteered baseline once. `.plot()` draws accuracy against K."""
     ks = default_ks(vlm) if ks is None else sorted({int(k) for k in ks})
-    arms = _make_arms(vlm, scores, conditions, ks, seed)
-    res = _static("k_sweep", vlm, strips, scores, arms, prompt=question, judge=judge, log=log, shard=shard,
-                  max_new_tokens=max_new_tokens, seed=seed, progress=progress, mode=mode, strength=strength,
-                  phase=phase, targets=targets, batch_size=batch_size)
+    res = _static_protocol("k_sweep", vlm, strips, scores, ks, conditions, judge=judge, log=log, shard=shard,
+                           max_new_tokens=max_new_tokens, seed=seed, progress=progress, mode=mode,
+                           strength=strength, phase=phase, targets=targets, prompt=question, batch_size=batch_size,
+                           preset=preset, control_seeds=control_seeds)
     res.config["ks"] = ks
     return res
 
@@ -621,28 +740,69 @@ def _segments(answer: str, record, order, every) -> list[str]:
     return segs + [""] * (len(order) - len(segs))
 
 
+def reference_spearman(scheduled: Sequence[int], judged: Sequence[Optional[int]]) -> Optional[float]:
+    """One strip's Spearman correlation the reference's way: over the segments with a judged panel (None =
+    unjudged/junk), only if there are at least 3 of them (else None: the strip does not count), NaN -> 0
+    (e.g. the same panel judged every time)."""
+    pairs = [(int(t), int(m)) for t, m in zip(scheduled, judged) if m is not None and m == m]
+    if len(pairs) < 3:
+        return None
+    rho, _ = spearman([t for t, _ in pairs], [m for _, m in pairs])
+    return 0.0 if rho != rho else float(rho)
+
+
+def _reference_derangements(n_strips: int, seed: int) -> list[list[int]]:
+    """The reference's schedules: one numpy RandomState(seed) drawn in strip order, a permutation redrawn until
+    it has no fixed point (after 200 failures the shift by one), 1-based."""
+    rng = np.random.RandomState(seed)
+    out = []
+    for _ in range(n_strips):
+        for _try in range(201):
+            perm = rng.permutation(N_PANELS).tolist()
+            if all(perm[i] != i for i in range(N_PANELS)):
+                break
+        else:
+            perm = [(i + 1) % N_PANELS for i in range(N_PANELS)]
+        out.append([p + 1 for p in perm])
+    return out
+
+
 def dynamic(vlm, strips, scores, *, k: Optional[int] = None, conditions: Sequence[str] = ("unsteered", "top", "random"),
             every: Optional[int] = 50, judge=None, log=None, shard=None, max_new_tokens: Optional[int] = None,
-            seed: int = 0, progress: bool = True, mode: str = "boost_suppress", strength: float = 1e4,
-            phase: str = "all", prompt: str = PANEL_BY_PANEL_PROMPT) -> Results:
+            seed: Optional[int] = None, progress: bool = True, mode: str = "boost_suppress", strength: float = 1e4,
+            phase: Optional[str] = None, prompt: Optional[str] = None, preset: str = "gazekit",
+            control_seeds: int = 3) -> Results:
     """Dynamic narration: while the model narrates, the steering target walks along a seeded random derangement of
     the six panels (no panel in its own position), switching every `every` decode steps (the paper: 50) or, with
     ``every=None``, after each caption/sentence the model completes. Each segment of text is judged; the table has
     one row per (condition, strip, segment) and `.extra` holds the Spearman correlation between the scheduled
-    panels and the panels described (pooled over all judged segments — the paper's 0.87 — and the mean per strip,
-    with a bootstrap CI). The unsteered row judges the unsteered narration's segments against the same schedule.
-    max_new_tokens defaults to 6 * every (steps mode) or 120 (caption mode)."""
+    panels and the panels described: ``spearman`` — the paper's 0.87 statistic, the mean over strips of each
+    strip's rho (`reference_spearman`: >= 3 judged segments, NaN -> 0), with its spread and a bootstrap CI — and,
+    for comparison, ``spearman_pooled`` over all judged segments of all strips. The unsteered row judges the
+    unsteered narration's segments against the same schedule. max_new_tokens defaults to 6 * every (steps mode)
+    or 120 (caption mode). prompt defaults to gazekit's PANEL_BY_PANEL_PROMPT, phase to "all".
+    preset="reference": the reference's dynamic prompt (REFERENCE_DYNAMIC_PROMPT), decode-only steering
+    (phase="decode"), its schedules (one numpy RandomState(seed) over the strips in order), its control sampler and
+    seed 42, the Claude judge with the reference prompt (no baseline shown), unless given otherwise."""
+    _check_preset(preset)
+    reference = preset == "reference"
+    prompt = prompt if prompt is not None else (REFERENCE_DYNAMIC_PROMPT if reference else PANEL_BY_PANEL_PROMPT)
+    phase = phase if phase is not None else ("decode" if reference else "all")
+    seed = _preset_seed(seed, preset)
+    judge = _preset_judge(judge, preset)
     strips = list(strips)
     if not strips:
         raise ValueError("dynamic needs at least one strip")
     if every is not None and every < 1:
         raise ValueError(f"every must be >= 1 decode step or None (switch at each caption), got {every}")
-    k = default_k(vlm) if k is None else int(k)
+    k = default_k(vlm, preset=preset) if k is None else int(k)
     max_new_tokens = max_new_tokens or (N_PANELS * every if every else 120)
     shard = parse_shard(shard)
     judge = get_judge(judge, strips)
     log = _open_log(log)
-    arms = _make_arms(vlm, scores, conditions, [k], seed)
+    arms = _make_arms(vlm, scores, conditions, [k], seed, control_seeds,
+                      "reference" if reference else "below-median")
+    schedules = _reference_derangements(len(strips), seed) if reference else None
     mine = [(i, s) for i, s in enumerate(strips) if in_shard(i, shard)]
     pbar = _tqdm(len(mine) * len(arms), "dynamic", progress)
     run = _Runner(vlm, log, judge, mode=mode, strength=strength, phase=phase, pbar=pbar)
@@ -652,7 +812,7 @@ def dynamic(vlm, strips, scores, *, k: Optional[int] = None, conditions: Sequenc
             sid = _item_id(strip)
             meta = {"protocol": "dynamic", "strip": sid, "strip_index": idx}
             refs = _references(run, strip, sid, meta) if _needs_references(judge, strip) else None
-            order = derangement(N_PANELS, random.Random(f"{seed}:{sid}"))
+            order = schedules[idx] if reference else derangement(N_PANELS, random.Random(f"{seed}:{sid}"))
             for arm in arms:
                 sched = _Schedule(order, every)
                 gkey = (f"gen|dynamic|{arm.condition}|k{arm.k}|{sid}|" + _digest(
@@ -667,7 +827,8 @@ def dynamic(vlm, strips, scores, *, k: Optional[int] = None, conditions: Sequenc
                 for j, (t, seg) in enumerate(zip(order, segs)):
                     v = run.verdict(gkey, seg, strip, refs, suffix=f"|seg{j}", question=prompt)
                     rows.append({"protocol": "dynamic", "condition": arm.condition, "k": arm.k,
-                                 "n_heads": arm.n_heads, "percentile_used": arm.percentile_used, "strip": sid,
+                                 "n_heads": arm.n_heads, "pool": arm.pool, "control_seed": arm.control_seed,
+                                 "strip": sid,
                                  "strip_index": idx, "segment": j + 1, "target": t, "text": seg,
                                  "verdict_panel": v.panel, "junk": v.junk, "failed": v.failed, "reason": v.reason,
                                  "hit": v.hit(t), "answer": g["answer"],
@@ -676,25 +837,47 @@ def dynamic(vlm, strips, scores, *, k: Optional[int] = None, conditions: Sequenc
     finally:
         pbar.close()
     table = _frame(rows)
-    extra = {}
+    extra, controls = {}, {}
     if len(table):
         for (cond, kk), g in table.groupby(["condition", "k"], dropna=False, sort=False):
             ok = g[~g["junk"] & ~g["failed"]]
             rho, p = spearman(ok["target"], ok["verdict_panel"]) if len(ok) >= 2 else (float("nan"), float("nan"))
-            per = []
-            for _, gs in ok.groupby("strip"):
-                r, _ = spearman(gs["target"], gs["verdict_panel"])
-                if r == r:
+            per = []  # one rho per (strip, control draw), the reference's rule
+            for _, gs in g.groupby(["strip", "control_seed"], dropna=False, sort=False):
+                judged = [None if (j or f) else m for m, j, f in zip(gs["verdict_panel"], gs["junk"], gs["failed"])]
+                r = reference_spearman(list(gs["target"]), judged)
+                if r is not None:
                     per.append(r)
             ci = bootstrap_ci(per, seed=seed)
+            headline = ci.mean if per else (0.0 if reference else float("nan"))  # the reference prints 0.0 then
             extra[f"{cond}" + ("" if kk != kk or kk is None else f"@k{int(kk)}")] = {
-                "spearman_pooled": rho, "p_value": p, "n_segments_judged": int(len(ok)),
-                "spearman_per_strip_mean": ci.mean, "ci_low": ci.low, "ci_high": ci.high, "n_strips": ci.n}
+                "spearman": headline, "spearman_std": float(np.std(per)) if per else float("nan"),
+                "ci_low": ci.low, "ci_high": ci.high, "n_strips": ci.n,
+                "spearman_per_strip_mean": ci.mean,
+                "spearman_pooled": rho, "p_value": p, "n_segments_judged": int(len(ok))}
+        rand = table[table["condition"] == "random"]
+        if len(rand):
+            spread = {}
+            for cs, gc in rand.groupby("control_seed", sort=True):
+                per = [reference_spearman(list(gs["target"]), [None if (j or f) else m for m, j, f in
+                                                                 zip(gs["verdict_panel"], gs["junk"], gs["failed"])])
+                       for _, gs in gc.groupby("strip", sort=False)]
+                per = [r for r in per if r is not None]
+                spread[int(cs)] = float(np.mean(per)) if per else (0.0 if reference else float("nan"))
+            vals = np.array(list(spread.values()))
+            ok = vals[np.isfinite(vals)]
+            controls = {f"k{k}": {"pool": str(rand["pool"].iloc[0]), "seeds": list(spread),
+                                           "per_seed_spearman": spread,
+                                           "mean": float(ok.mean()) if len(ok) else float("nan"),
+                                           "std": float(ok.std(ddof=1)) if len(ok) > 1 else 0.0,
+                                           "n_seeds": len(vals)},
+                        **{f"hit@k{k}": v for v in _control_spread(table, "hit").values()}}
     cfg = {"model": run.model, "prompt": prompt, "max_new_tokens": max_new_tokens, "every": every, "mode": mode,
            "strength": float(strength), "phase": phase, "seed": seed, "judge": getattr(judge, "name", "custom"),
            "n_strips": len(mine), "shard": shard, "conditions": [a.condition for a in arms],
-           "log": None if log.path is None else str(log.path)}
-    return Results("dynamic", table, cfg, extra=extra)
+           "log": None if log.path is None else str(log.path), **_control_config(arms), "preset": preset,
+           "k_rule": _k_rule(vlm, preset)}
+    return Results("dynamic", table, cfg, extra=extra, controls=controls)
 
 
 # -------------------------------------------------------------------------------------------------------- boxes
@@ -715,21 +898,25 @@ def mentions(text: str, name: str, synonyms: Sequence[str] = ()) -> bool:
 
 
 def boxes(vlm, scenes, scores, *, k: Optional[int] = None, conditions: Sequence[str] = ("unsteered", "top", "random"),
-          log=None, shard=None, prompt: str = BOX_PROMPT, max_new_tokens: int = 30, seed: int = 0,
+          log=None, shard=None, prompt: str = BOX_PROMPT, max_new_tokens: int = 30, seed: Optional[int] = None,
           progress: bool = True, mode: str = "boost_suppress", strength: float = 1e4, phase: str = "all",
-          synonyms: Optional[dict] = None) -> Results:
+          synonyms: Optional[dict] = None, preset: str = "gazekit", control_seeds: int = 3) -> Results:
     """Steering to a box in a natural image (`Scene`s, e.g. from `gazekit.scenes.from_coco`): for every scene and
     every named box, steer toward the box and check whether the answer mentions the box's name; the unsteered
     answer is scored against the same names. The paper: steering "more than doubles" the mention rate.
-    `.extra["lift"]` = mention rate steered / unsteered per condition."""
+    `.extra["lift"]` = mention rate steered / unsteered per condition. The reference has no boxes experiment:
+    preset="reference" only sets its K, seed and control sampler."""
+    _check_preset(preset)
+    seed = _preset_seed(seed, preset)
     scenes = list(scenes)
     if not scenes:
         raise ValueError("boxes needs at least one Scene, e.g. gazekit.scenes.from_coco(annotations, images_dir)")
-    k = default_k(vlm) if k is None else int(k)
+    k = default_k(vlm, preset=preset) if k is None else int(k)
     shard = parse_shard(shard)
     log = _open_log(log)
     synonyms = synonyms or {}
-    arms = _make_arms(vlm, scores, conditions, [k], seed)
+    arms = _make_arms(vlm, scores, conditions, [k], seed, control_seeds,
+                      "reference" if preset == "reference" else "below-median")
     mine = [(i, s) for i, s in enumerate(scenes) if in_shard(i, shard)]
     steered = [a for a in arms if a.heads is not None]
     pbar = _tqdm(sum(1 + len(steered) * len(s.names) for _, s in mine), "boxes", progress)
@@ -752,7 +939,8 @@ def boxes(vlm, scenes, scores, *, k: Optional[int] = None, conditions: Sequence[
                             mode=mode, strength=float(strength), phase=phase))
                         g = run.generate(gkey, scene, prompt, arm, name, max_new_tokens, meta)
                     rows.append({"protocol": "boxes", "condition": arm.condition, "k": arm.k,
-                                 "n_heads": arm.n_heads, "percentile_used": arm.percentile_used, "scene": sid,
+                                 "n_heads": arm.n_heads, "pool": arm.pool, "control_seed": arm.control_seed,
+                                 "scene": sid,
                                  "scene_index": idx, "target": name, "answer": g["answer"],
                                  "mentioned": mentions(g["answer"], name, synonyms.get(name, ())),
                                  **_spec_columns(arm, mode, strength),
@@ -763,7 +951,9 @@ def boxes(vlm, scenes, scores, *, k: Optional[int] = None, conditions: Sequence[
     res = Results("boxes", table, {"model": run.model, "prompt": prompt, "max_new_tokens": max_new_tokens,
                                    "mode": mode, "strength": float(strength), "phase": phase, "seed": seed,
                                    "n_scenes": len(mine), "shard": shard,
-                                   "log": None if log.path is None else str(log.path)}, metric="mentioned")
+                                   "log": None if log.path is None else str(log.path), **_control_config(arms),
+                                   "preset": preset, "k_rule": _k_rule(vlm, preset)}, metric="mentioned")
+    res.controls = _control_spread(table, "mentioned")
     if len(table):
         base = table[table["condition"] == "unsteered"]["mentioned"].mean() if "unsteered" in conditions else None
         for cond in table["condition"].unique():

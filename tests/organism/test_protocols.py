@@ -69,4 +69,5 @@ def test_cli_vqa_end_to_end(setup, tmp_path):
     for f in ("run.jsonl", "vqa.csv", "vqa_summary.csv", "vqa_by_panel.csv", "vqa.png", "vqa_config.json"):
         assert (tmp_path / "vqa" / f).exists(), f
     rows = [json.loads(line) for line in (tmp_path / "vqa" / "run.jsonl").read_text().splitlines()]
-    assert sum(r["kind"] == "generation" for r in rows) == 4 * (1 + 3 * 6)
+    # unsteered once; top, all and the random control's 3 seeds on every target
+    assert sum(r["kind"] == "generation" for r in rows) == 4 * (1 + 5 * 6)

@@ -39,9 +39,11 @@ def test_vqa_wiring_and_resume(setup, tmp_path):
     vlm, strips, scores = setup
     log = tmp_path / "run.jsonl"
     res = vqa(vlm, strips[:1], scores, k=2, judge=judge, log=log, max_new_tokens=3, progress=False)
-    assert len(res.table) == 6 * 4
+    assert len(res.table) == 6 * (4 + 2)  # the random control drawn for 3 seeds
     gens = [r for r in read_rows(log) if r["kind"] == "generation"]
-    assert len(gens) == 1 + 3 * 6
+    # a draw that repeats another seed's heads reuses its generations (same key): 8 heads, k = 2
+    draws = {tuple(scores.controls(2, seed=s)) for s in range(3)}
+    assert len(gens) == 1 + (2 + len(draws)) * 6
     top = next(r for r in gens if r["condition"] == "top")
     assert top["spec"]["heads"] == [list(h) for h in scores.top(2)] and top["spec"]["mode"] == "boost_suppress"
     rnd = next(r for r in gens if r["condition"] == "random")
@@ -74,7 +76,7 @@ def test_dynamic_schedule_is_driven_by_the_real_decoder(setup):
         assert n >= 1 and steps == [0, 2, 4, 6, 8, 10, 12][:n] and targets == (order + [None])[:n], row["switches"]
         chars = [c for _, _, c in row["switches"]]
         assert chars == sorted(chars) and chars[-1] <= len(row["answer"]) + 1
-    assert len(res.table) == 3 * 6
+    assert len(res.table) == (3 + 2) * 6  # the random control drawn for 3 seeds
 
 
 def test_boxes_on_a_scene(setup):
@@ -82,7 +84,7 @@ def test_boxes_on_a_scene(setup):
     s = strips[0]
     scene = Scene(s.image, {"left": s.panel_boxes[0], "right": s.panel_boxes[5]})
     res = boxes(vlm, [scene], scores, k=2, max_new_tokens=3, progress=False)
-    assert len(res.table) == 3 * 2 and set(res.table["target"]) == {"left", "right"}
+    assert len(res.table) == (3 + 2) * 2 and set(res.table["target"]) == {"left", "right"}  # control: 3 seeds
 
 
 def test_batched_equals_single_through_the_real_core(setup):

@@ -66,7 +66,7 @@ def test_vqa_run_resume_and_shards(fake_cli, tmp_path, capsys):
     base = ["vqa", "--strips", "synthetic:3:0", "--heads", str(ranking), "--out", str(out), "--no-progress"]
     assert cli.main(base) == 0
     table = pd.read_csv(out / "vqa.csv")
-    assert len(table) == 3 * 6 * 4
+    assert len(table) == 3 * 6 * (3 + 3)  # unsteered, top, all + the random control's 3 seeds
     summary = pd.read_csv(out / "vqa_summary.csv").set_index("condition")
     assert summary.loc["top", "accuracy"] == 1.0 and summary.loc["all", "accuracy"] == 0.0
     for f in ("vqa.png", "vqa_by_panel.csv", "vqa_config.json", "run.jsonl"):
@@ -94,7 +94,7 @@ def test_other_commands_run(fake_cli, tmp_path):
     common = ["--strips", "synthetic:2:0", "--heads", str(ranking), "--no-progress"]
     assert cli.main(["dynamic", "--every", "caption", "--out", str(tmp_path / "d")] + common) == 0
     d = pd.read_csv(tmp_path / "d" / "dynamic.csv")
-    assert d[d.condition == "top"]["hit"].all() and len(d) == 2 * 3 * 6
+    assert d[d.condition == "top"]["hit"].all() and len(d) == 2 * (2 + 3) * 6
     assert cli.main(["sweep", "--ks", "1,2", "--out", str(tmp_path / "s")] + common) == 0
     s = pd.read_csv(tmp_path / "s" / "sweep_summary.csv")
     assert sorted(s[s.condition == "top"]["k"]) == [1, 2]

@@ -48,7 +48,7 @@ def test_dynamic_on_fake(fake, strips, every):
     vlm, scores = fake
     res = dynamic(vlm, strips, scores, every=every, progress=False)
     t = res.table
-    assert len(t) == len(strips) * 3 * 6
+    assert len(t) == len(strips) * (2 + 3) * 6  # unsteered, top, and the random control's 3 seeds
     top = t[t.condition == "top"]
     assert top["hit"].all()  # the idealised fake follows every switch
     assert res.extra["top@k4"]["spearman_pooled"] == pytest.approx(1.0)
@@ -108,7 +108,7 @@ def test_results_save_plot_markdown(fake, strips, tmp_path):
     for key in ("table", "summary", "by_panel", "config", "plot"):
         assert Path(paths[key]).exists(), key
     import pandas as pd
-    assert len(pd.read_csv(paths["table"])) == 2 * 6 * 4
+    assert len(pd.read_csv(paths["table"])) == 2 * 6 * (3 + 3)  # 3 conditions + the control's 3 seeds
     md = res.to_markdown()
     assert "| top (K=4) | 12 | 100.0% [100.0, 100.0]" in md
     ax = res.plot(by="panel")
@@ -182,14 +182,14 @@ def test_batched_generation_equals_one_at_a_time(fake, strips, tmp_path):
     n_calls = vlm.calls
     batched = vqa(vlm, strips + [odd], scores, batch_size=3, progress=False)
     # unsteered: 4 same-size strips in chunks of 3 + 1 (a chunk of one is a plain ask), the odd strip alone;
-    # each steered condition: its 6 targets x 4 same-size strips in 8 chunks of 3 (rows with different targets
-    # together), the odd strip's 6 targets in 2 chunks of 3
-    assert vlm.batches == [3] * (1 + 3 * (8 + 2))
-    assert vlm.calls - n_calls == 3 + 3 * (8 + 2)
-    cols = ["condition", "strip", "target", "answer", "hit"]
+    # each steered condition (top, all, the random control's three seeds): its 6 targets x 4 same-size strips in
+    # 8 chunks of 3 (rows with different targets together), the odd strip's 6 targets in 2 chunks of 3
+    assert vlm.batches == [3] * (1 + 5 * (8 + 2))
+    assert vlm.calls - n_calls == 3 + 5 * (8 + 2)
+    cols = ["condition", "control_seed", "strip", "target", "answer", "hit"]
     b = batched.table[batched.table.strip_index < len(strips)]
-    assert b[cols].sort_values(cols[:3]).reset_index(drop=True).equals(
-        single.table[cols].sort_values(cols[:3]).reset_index(drop=True))
+    assert b[cols].sort_values(cols[:4]).reset_index(drop=True).equals(
+        single.table[cols].sort_values(cols[:4]).reset_index(drop=True))
 
 
 def test_batch_refused_falls_back(fake, strips, monkeypatch):

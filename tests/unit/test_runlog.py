@@ -104,7 +104,9 @@ def test_fake_vqa_numbers(fake, strips):
     assert s.loc["unsteered", "accuracy"] == pytest.approx(1 / 6)
     assert s.loc["random", "accuracy"] == pytest.approx(1 / 6)
     assert s.loc["random", "accuracy_nondefault"] == 0.0 and s.loc["all", "junk_rate"] == 1.0
-    assert len(res.table) == 5 * 6 * 4 and vlm.batches == [5] + [8, 8, 8, 6] * 3  # batched across strips and targets
+    # batched across strips and targets (8 rows per call on a model without `prepare`); the random control is
+    # drawn for 3 seeds
+    assert len(res.table) == 5 * 6 * (4 + 2) and vlm.batches == [5] + [8, 8, 8, 6] * 5
     row = res.table[(res.table.condition == "top")].iloc[0]
     spec = json.loads(row["heads"])
     assert sorted(map(tuple, spec)) == sorted(vlm.gaze_heads) and row["mode"] == "boost_suppress"
@@ -124,7 +126,8 @@ def test_baseline_copy_is_a_miss_even_if_the_judge_says_hit(fake, strips):
         calls.append(answer)
         return Verdict(1 if len(calls) == 1 else len(calls) - 1)
 
-    res = vqa(vlm, strips[:1], scores, conditions=("unsteered", "random"), judge=noisy_judge, progress=False)
+    res = vqa(vlm, strips[:1], scores, conditions=("unsteered", "random"), judge=noisy_judge, progress=False,
+              control_seeds=1)
     r = res.table[res.table.condition == "random"].set_index("target")
     assert (r["answer"] == r["unsteered_answer"]).all()  # the random heads changed nothing
     assert list(r["verdict_panel"]) == [1, 2, 3, 4, 5, 6]  # the judge "agrees" with every target ...
@@ -186,7 +189,7 @@ KILL_SCRIPT = textwrap.dedent("""
 
     protocols._steer = steer
     vlm = fakes.FakeVLM(delay=float(sys.argv[2]))
-    res = vqa(vlm, synthetic(4, seed=3), fakes.fake_scores(vlm), log=sys.argv[1], progress=False)
+    res = vqa(vlm, synthetic(4, seed=3), fakes.fake_scores(vlm), log=sys.argv[1], progress=False, control_seeds=1)
     print("done", len(res.table))
 """)
 

@@ -24,17 +24,15 @@ def test_score_is_mean_diagonal_and_ranking_is_sorted():
     assert str(Head(2, 3)) == "L2.H3"
 
 
-def test_controls_come_from_the_bottom_and_widen_when_needed():
-    s = _scores()  # 32 heads: bottom 5% holds 1 head
-    c = s.controls(4, percentile=5, seed=0)
-    assert len(c) == 4 and len(set(c)) == 4
-    assert c.percentile_used > 5 and c.pool_size == 4  # widened to the smallest pool that holds k
-    bottom = set(s.ranking()[-4:])
-    assert set(c) == bottom
-    assert not set(c) & set(s.top(4))
-    c2 = s.controls(2, percentile=50, seed=1)
-    assert c2.percentile_used == 50 and set(c2) <= set(s.ranking()[16:])
-    assert s.controls(2, percentile=50, seed=1) == c2  # seeded
+def test_controls_are_drawn_below_the_median_and_widen_only_for_large_k():
+    s = _scores()  # 32 heads
+    c = s.controls(4, seed=0)
+    assert len(c) == 4 and len(set(c)) == 4 and not set(c) & set(s.top(4))
+    assert c.pool == "below-median" and c.pool_size == 16 and all(s.scores[h] <= np.median(s.scores) for h in c)
+    assert s.controls(4, seed=0) == c and s.controls(4, seed=1) != c  # seeded, and seeds differ
+    with pytest.warns(UserWarning, match="drawing from all 20 heads outside the top 12"):
+        wide = s.controls(12, seed=0)  # 16 below the median < 2k: every head outside the top 12
+    assert wide.pool == "outside-top-k" and wide.pool_size == 20 and not set(wide) & set(s.top(12))
 
 
 def test_save_load_roundtrip_and_reference_json(tmp_path):

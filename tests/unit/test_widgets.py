@@ -160,7 +160,7 @@ def test_target_picker_k_and_controls(vlm, strips, scores):
     assert tp.heads == scores.top(6) and "top-6 gaze heads" in tp.text
     assert tp.answer == _steered_answer(vlm, strip, scores.top(6), 2, q, n)
     tp.set(condition="random")
-    ctrl = list(scores.controls(6, percentile=5, seed=0))
+    ctrl = list(scores.controls(6, seed=0))
     assert tp.heads == ctrl and "6 random heads" in tp.text
     assert tp.answer == _steered_answer(vlm, strip, ctrl, 2, q, n)
     tp.condition_menu.value = "all"  # through the widget itself
