@@ -202,9 +202,10 @@ def test_evaluation_throughput_compares_the_same_answers(result):
     n = bench.EVAL_STRIPS["qwen2vl-tiny"]
     for protocol in bench.EVAL_PROTOCOLS["qwen2vl-tiny"]:
         e = m[f"eval_{protocol}"]
-        # every strip x 6 targets x each condition is a judged pair; one unsteered generation per strip
-        assert e["pairs"] == n * 6 * len(bench.EVAL_CONDITIONS)
-        assert e["generations"] == n * (1 + 6 * (len(bench.EVAL_CONDITIONS) - 1))
+        # every strip x 6 targets x each condition is a judged pair (the random control for 3 seeds); one unsteered
+        # generation per strip, and a control draw that repeats another's heads reuses its generations
+        assert e["pairs"] == n * 6 * (1 + 1 + 3)
+        assert n * (1 + 6 * 2) <= e["generations"] <= n * (1 + 6 * 4)
         assert e["same_answers"] is True  # greedy float32: batching must not change a single answer
         assert e["ratio"] == pytest.approx(e["one_at_a_time_s"] / e["batched_s"])
         assert e["batched_pairs_per_s"] == pytest.approx(e["pairs"] / e["batched_s"])
