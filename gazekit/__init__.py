@@ -7,7 +7,7 @@ from gazekit.discover import GazeScores, discover
 from gazekit.models import VLM, Prepared, UnsupportedModelError, load, supported_families
 from gazekit.regions import (NARRATION_PROMPT, PANEL_BY_PANEL_PROMPT, REFERENCE_DYNAMIC_PROMPT,
                              REFERENCE_TRAJECTORY_PROMPT, VQA_QUESTION, Scene, Strip, panel_question)
-from gazekit.steer import MODES, Head, SteerSpec, steer
+from gazekit.steer import MODES, Head, RowTargets, SteerSpec, steer
 from gazekit.track import Trajectory, track
 
 __version__ = "0.1.0"
@@ -15,4 +15,4 @@ __version__ = "0.1.0"
 __all__ = ["GazeScores", "Head", "MODES", "NARRATION_PROMPT", "PANEL_BY_PANEL_PROMPT", "Prepared",
            "REFERENCE_DYNAMIC_PROMPT", "REFERENCE_TRAJECTORY_PROMPT", "Scene",
            "SteerSpec", "Strip", "Trajectory", "UnsupportedModelError", "VLM", "VQA_QUESTION", "capture", "discover",
-           "load", "panel_question", "steer", "supported_families", "track"]
+           "load", "panel_question", "RowTargets", "steer", "supported_families", "track"]

@@ -124,16 +124,16 @@ def _forward_split(stock, session, layer, rows, module, query, key, value, atten
     causal fast path kept, unselected heads exactly as without gazekit), then only the selected heads are
     recomputed with the biased mask and written over their outputs. Biasing a [batch, all heads, Q, K] mask instead
     made steered generation ~1.4x slower than unsteered on a mid-size Qwen2-VL (666-token prompt, 16 tokens)."""
-    heads, keys = rows  # keys: [n_selected, K] float32
+    heads, keys = rows  # keys: [n_selected, K] float32, or [n_selected, B, K] with one target per batch row
     B, Hq, Q, D = query.shape
     K = key.shape[-2]
+    per_row = keys.transpose(0, 1)[:, :, None, :] if keys.dim() == 3 else keys[None, :, None, :].expand(B, -1, 1, K)
     idx = torch.tensor(heads, device=query.device)
     if attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[1] == Hq:
         attention_mask_sel = attention_mask[:, idx]
     else:
         attention_mask_sel = attention_mask
-    sel_mask = _biased_mask(attention_mask_sel, keys[None, :, None, :].expand(B, -1, 1, K), B, Q, K, query.dtype,
-                            query.device)
+    sel_mask = _biased_mask(attention_mask_sel, per_row, B, Q, K, query.dtype, query.device)
     if session.recording:  # the last row of every head's mask: the model's own, biased for the selected heads
         if session.query_rows is not None:
             raise RuntimeError("recording chosen query rows while steering a prefill is not supported; "
@@ -313,7 +313,11 @@ class Session:
         if not acc:
             return None
         heads = sorted(acc)
-        return heads, torch.stack([acc[h] for h in heads])
+        rows = [acc[h] for h in heads]
+        if any(r.dim() == 2 for r in rows):  # RowTargets: [batch, K] per head; broadcast the shared ones
+            shape = next(r.shape for r in rows if r.dim() == 2)
+            rows = [r.expand(shape) for r in rows]
+        return heads, torch.stack(rows)
 
     def bias(self, layer, B, Hq, Q, K, device) -> Optional[torch.Tensor]:
         """Sum of the active steerers' key biases for this layer: [B, Hq, 1, K] float32 (zeros for other heads)."""

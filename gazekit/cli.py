@@ -144,9 +144,10 @@ def _steering(p: argparse.ArgumentParser, *, tokens: Optional[int], conditions: 
     if tokens is not None:
         g.add_argument("--max-new-tokens", type=int, default=tokens, help=f"tokens to generate (default {tokens})")
     g.add_argument("--prompt", default=None, help="override the protocol's prompt")
-    g.add_argument("--batch-size", type=int, default=8,
-                   help="strips of one image size generated per batch (default 8; 1 = one at a time; dynamic and "
-                        "boxes always go one at a time)")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help="(strip, target) rows generated per call, each steered toward its own target (default: "
+                        "as many as 16384 prompt tokens allow, at most 64; 1 = one at a time; lower it if a GPU runs "
+                        "out of memory; dynamic and boxes always go one at a time)")
     g.add_argument("--shard", default=None, help="run only shard i of n ('i/n', 0 <= i < n) with its own log; "
                                                  "rerun without --shard afterwards to merge all shards")
 

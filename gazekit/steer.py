@@ -116,15 +116,28 @@ class _Steerer:
         T, B = session.total_len, self.strength
         key = (id(prep), _hashable(target), session.prompt_len)
         if key == self._cache_key and self._key_bias is not None:
-            if self._key_bias.numel() < T:  # keys decoded since: no bias, or -B for max_suppress_all
+            n = self._key_bias.shape[-1]
+            if n < T:  # keys decoded since: no bias, or -B for max_suppress_all
                 fill = -B if self.mode == "max_suppress_all" else 0.0
-                self._key_bias = torch.cat([self._key_bias, torch.full((T - self._key_bias.numel(),), fill)])
+                pad = torch.full((*self._key_bias.shape[:-1], T - n), fill)
+                self._key_bias = torch.cat([self._key_bias, pad], dim=-1)
             return
         self._cache_key = key
+        if isinstance(target, RowTargets):
+            rows = int(prep.input_ids.shape[0])
+            if len(target) != rows:
+                raise ValueError(f"RowTargets gives {len(target)} targets for a batch of {rows} rows; give one "
+                                 "target per row of the prepared batch")
+            self._key_bias = torch.stack([self._one_key_bias(prep, t, T, session.prompt_len) for t in target])
+        else:
+            self._key_bias = self._one_key_bias(prep, target, T, session.prompt_len)
+
+    def _one_key_bias(self, prep, target, T: int, P: int) -> torch.Tensor:
+        """[T] float32: the bias over keys that steers toward `target` under this steerer's mode."""
+        B = self.strength
         tgt_pos = resolve_target(prep, target)
         bias = torch.zeros(T, dtype=torch.float32)
         img = prep.image_positions.cpu()
-        P = session.prompt_len
         if self.mode == "boost_suppress":
             bias[img] = -B
             bias[tgt_pos.cpu()] = B
@@ -136,7 +149,7 @@ class _Steerer:
             if self.mode == "max_suppress_all":
                 bias[P:] = -B
             bias[tgt_pos.cpu()] = 0.0
-        self._key_bias = bias
+        return bias
 
     def bias(self, session, layer, Bsz, Hq, Q, K, device):
         rows = self.head_keys(session, layer, K, device)
@@ -144,17 +157,34 @@ class _Steerer:
             return None
         heads, keys = rows
         out = torch.zeros(Bsz, Hq, 1, K, dtype=torch.float32, device=device)
-        out[:, heads] = keys
+        out[:, heads] = keys if keys.dim() == 1 else keys[:, None, None, :]  # one row for all, or one per row
         return out
 
     def head_keys(self, session, layer, K, device):
-        """(this layer's selected heads, their key bias [K] float32), or None when nothing is steered here."""
+        """(this layer's selected heads, their key bias [K] — or [batch, K] for `RowTargets` — float32), or None
+        when nothing is steered here."""
         heads = self.by_layer.get(layer)
         if not heads or self._key_bias is None:
             return None
         T = session.total_len  # on_step has extended the key bias to T keys
-        keys = self._key_bias[T - K:T]  # keys are right-aligned (sliding-window layers keep only the last K)
+        keys = self._key_bias[..., T - K:T]  # keys are right-aligned (sliding-window layers keep only the last K)
         return heads, keys.to(device)
+
+
+class RowTargets(tuple):
+    """One steering target per row of a batched input (`vlm.prepare_batch` / `ask_batch`), e.g.
+    `steer(vlm, heads, RowTargets([3, 1, 6]))` steers row 0 to panel 3, row 1 to panel 1, row 2 to panel 6 in one
+    generate call. Each element is a target as `steer` takes it (a region number, name or box)."""
+
+    def __new__(cls, targets):
+        targets = tuple(targets)
+        if not targets:
+            raise ValueError("RowTargets needs one target per batch row, got none")
+        for t in targets:
+            if isinstance(t, (dict, RowTargets)) or (callable(t) and not isinstance(t, (int, str, tuple, list))):
+                raise ValueError(f"each row's target must be a region number, name or box, got {t!r}")
+            _check_target(t)
+        return super().__new__(cls, (tuple(t) if isinstance(t, list) else t for t in targets))
 
 
 def _hashable(t):
@@ -175,6 +205,8 @@ def resolve_target(prep, target) -> torch.Tensor:
 
 
 def _check_target(target):
+    if isinstance(target, RowTargets):
+        return  # checked element by element when it was made
     if isinstance(target, dict):
         if not target:
             raise ValueError("an empty schedule steers nothing; give {decode_step: target, ...}")

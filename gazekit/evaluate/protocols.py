@@ -44,6 +44,7 @@ from gazekit.evaluate.stats import bootstrap_ci, spearman
 from gazekit.judges import Verdict, get_judge, is_baseline_copy, words
 from gazekit.regions import (N_PANELS, NARRATION_PROMPT, PANEL_BY_PANEL_PROMPT, REFERENCE_DYNAMIC_PROMPT, VQA_QUESTION,
                              panel_question)
+from gazekit.steer import RowTargets
 
 __all__ = ["Results", "vqa", "narration", "dynamic", "k_sweep", "boxes", "CONDITIONS", "default_k", "default_ks", "mentions",
            "derangement", "BOX_PROMPT", "PRESETS", "reference_spearman"]
@@ -56,6 +57,12 @@ CONDITIONS = ("unsteered", "top", "random", "all")
 CHANCE = 1.0 / N_PANELS
 BOX_PROMPT = "Describe this image briefly."
 REFERENCE_TOKENS = 30  # new tokens for the model's own per-panel answers used as semantic-judge references
+# Rows per generate call when `batch_size=None` (the default): prompt tokens per call, capped. Rows are (strip,
+# target) pairs of one condition, each steered toward its own target. 16k tokens keep an 8B model's KV cache for
+# one call near 2-3 GB; on the organism (CPU) 48-64 rows per call gave 6x the pairs/s of one at a time.
+BATCH_TOKENS = 16384
+MAX_BATCH_ROWS = 64
+DEFAULT_BATCH_ROWS = 8  # for stand-ins without `prepare`
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
@@ -236,21 +243,24 @@ class _Runner:
                 "prompt": prompt, "max_new_tokens": max_new_tokens, "model": self.model, "answer": answer,
                 "spec": self.spec(arm, target), "seconds": round(seconds, 4), **(extra or {})}
 
-    def generate_many(self, jobs: list, arm: "Arm", target, prompt: str, max_new_tokens: int,
-                      batch_size: int) -> dict:
-        """Generate (key, item, meta) jobs that share one condition, target and prompt, `batch_size` items per
-        `vlm.ask_batch` call where the items share an image size (one token layout); each answer is logged as
-        soon as its batch returns. A batch the model cannot take as one (different layouts) is run item by item.
+    def generate_many(self, jobs: list, arm: "Arm", prompt: str, max_new_tokens: int,
+                      batch_size: Optional[int]) -> dict:
+        """Generate (key, item, meta, target) jobs that share one condition and prompt, up to `batch_size` rows per
+        `vlm.ask_batch` call (None: as many as fit `BATCH_TOKENS` prompt tokens, at most `MAX_BATCH_ROWS`) where the items share an image size (one token layout) — rows with different targets
+        steered in the same call, each row toward its own (`RowTargets`); each answer is logged as soon as its
+        batch returns. A batch the model cannot take as one (different layouts) is run item by item.
         Returns {key: row}."""
         out, todo = {}, []
-        for key, item, meta in jobs:
+        for key, item, meta, target in jobs:
             if self.log.done(key):
                 out[key] = self.log.get(key)
                 self.pbar.update(1)
             else:
-                todo.append((key, item, meta))
-        if batch_size <= 1 or not hasattr(self.vlm, "ask_batch"):
-            for key, item, meta in todo:
+                todo.append((key, item, meta, target))
+        if todo and batch_size is None:
+            batch_size = self._rows_per_call(todo[0][1], prompt)
+        if not todo or batch_size <= 1 or not hasattr(self.vlm, "ask_batch"):
+            for key, item, meta, target in todo:
                 out[key] = self.generate(key, item, prompt, arm, target, max_new_tokens, meta)
             return out
         groups: dict = {}
@@ -260,18 +270,19 @@ class _Runner:
             for c in range(0, len(group), batch_size):
                 chunk = group[c:c + batch_size]
                 if len(chunk) == 1:
-                    key, item, meta = chunk[0]
+                    key, item, meta, target = chunk[0]
                     out[key] = self.generate(key, item, prompt, arm, target, max_new_tokens, meta)
                     continue
                 t0 = time.perf_counter()
                 try:
-                    answers = self._ask_batch([j[1] for j in chunk], prompt, arm, target, max_new_tokens)
+                    answers = self._ask_batch([j[1] for j in chunk], prompt, arm, [j[3] for j in chunk],
+                                              max_new_tokens)
                 except ValueError:  # layouts differ after all: one at a time
-                    for key, item, meta in chunk:
+                    for key, item, meta, target in chunk:
                         out[key] = self.generate(key, item, prompt, arm, target, max_new_tokens, meta)
                     continue
                 per = (time.perf_counter() - t0) / len(chunk)
-                for (key, item, meta), answer in zip(chunk, answers):
+                for (key, item, meta, target), answer in zip(chunk, answers):
                     row = self._row(key, {**meta, "batch": len(chunk)}, arm, target, prompt, max_new_tokens,
                                     answer, per)
                     self.log.append(row)
@@ -279,11 +290,19 @@ class _Runner:
                     out[key] = row
         return out
 
-    def _ask_batch(self, items, prompt, arm, target, max_new_tokens):
+    def _rows_per_call(self, item, prompt) -> int:
+        """Rows per generate call when none is given: `BATCH_TOKENS` prompt tokens' worth (a 40-token organism
+        prompt: `MAX_BATCH_ROWS`; a ~700-token strip prompt of a real model: 23 rows)."""
+        if not hasattr(self.vlm, "prepare"):
+            return DEFAULT_BATCH_ROWS
+        n = self.vlm.prepare(item, prompt).prompt_len
+        return max(1, min(MAX_BATCH_ROWS, BATCH_TOKENS // max(n, 1)))
+
+    def _ask_batch(self, items, prompt, arm, targets, max_new_tokens):
         if arm.heads is None:
             return self.vlm.ask_batch(items, [prompt] * len(items), max_new_tokens=max_new_tokens)
         heads = arm.heads if isinstance(arm.heads, str) else list(arm.heads)
-        with _steer(self.vlm, heads, target, mode=self.mode, strength=self.strength, phase=self.phase):
+        with _steer(self.vlm, heads, RowTargets(targets), mode=self.mode, strength=self.strength, phase=self.phase):
             return self.vlm.ask_batch(items, [prompt] * len(items), max_new_tokens=max_new_tokens)
 
     def verdict(self, gen_key: str, answer: str, item, references=None, suffix: str = "",
@@ -485,7 +504,7 @@ def _frame(rows):
 
 # -------------------------------------------------------------------------------------------- static protocols
 def _static(protocol, vlm, strips, scores, arms, *, prompt, judge, log, shard, max_new_tokens, seed, progress,
-            mode, strength, phase, targets, batch_size=8, baseline_threshold=0.85, preset="gazekit") -> Results:
+            mode, strength, phase, targets, batch_size=None, baseline_threshold=0.85, preset="gazekit") -> Results:
     strips = list(strips)
     if not strips:
         raise ValueError(f"{protocol} needs at least one strip, e.g. gazekit.comics.synthetic(20, seed=0)")
@@ -521,18 +540,17 @@ def _static(protocol, vlm, strips, scores, arms, *, prompt, judge, log, shard, m
         refs = {}
         for k in range(1, N_PANELS + 1) if need_refs else ():
             q = panel_question(k)
-            jobs = [(_ref_key(run, ids[i], k), s, {**metas[i], "role": "reference"}) for i, s in need_refs]
-            got = run.generate_many(jobs, unsteered_arm, k, q, REFERENCE_TOKENS, batch_size)
-            for (key, _, _), (i, _) in zip(jobs, need_refs):
+            jobs = [(_ref_key(run, ids[i], k), s, {**metas[i], "role": "reference"}, k) for i, s in need_refs]
+            got = run.generate_many(jobs, unsteered_arm, q, REFERENCE_TOKENS, batch_size)
+            for (key, _, _, _), (i, _) in zip(jobs, need_refs):
                 refs.setdefault(i, []).append(got[key]["answer"])
-        gens = run.generate_many([(gen_key(unsteered_arm, i, None), s, metas[i]) for i, s in mine],
-                                 unsteered_arm, None, prompt, max_new_tokens, batch_size)
-        for arm in arms:
+        gens = run.generate_many([(gen_key(unsteered_arm, i, None), s, metas[i], None) for i, s in mine],
+                                 unsteered_arm, prompt, max_new_tokens, batch_size)
+        for arm in arms:  # every (strip, target) pair of a condition, batched together: each row its own target
             if arm.heads is None:
                 continue
-            for t in targets:
-                gens.update(run.generate_many([(gen_key(arm, i, t), s, metas[i]) for i, s in mine],
-                                              arm, t, prompt, max_new_tokens, batch_size))
+            gens.update(run.generate_many([(gen_key(arm, i, t), s, metas[i], t) for t in targets for i, s in mine],
+                                          arm, prompt, max_new_tokens, batch_size))
         # then judging, strip by strip (the unsteered answer first: it defines the default panel)
         for idx, strip in mine:
             sid, r = ids[idx], refs.get(idx)
@@ -612,15 +630,17 @@ def vqa(vlm, strips, scores, *, k: Optional[int] = None, conditions: Sequence[st
         log=None, shard=None, max_new_tokens: int = 15, seed: Optional[int] = None, progress: bool = True,
         mode: str = "boost_suppress", strength: float = 1e4, phase: str = "all",
         targets: Sequence[int] = range(1, N_PANELS + 1), question: str = VQA_QUESTION,
-        batch_size: int = 8, preset: str = "gazekit", control_seeds: int = 3) -> Results:
+        batch_size: Optional[int] = None, preset: str = "gazekit", control_seeds: int = 3) -> Results:
     """VQA steering (the paper's main experiment): ask the whole-strip question with every panel as steering
     target, 15 new tokens, and measure how often the answer describes the target panel.
 
     vlm: a `gazekit.VLM`; strips: `Strip`s; scores: `GazeScores` (from `gazekit.discover`); k: number of heads
     (default `default_k(vlm)`); conditions: any of ("unsteered", "top", "random", "all"); judge: a name
     ("caption", "semantic", "claude", "openai"), a callable or None (default: see module doc); log: a JSONL path
-    (or RunLog) to record and resume; shard: (i, n) to run every n-th strip from i; batch_size: strips of one
-    image size generated together per `vlm.ask_batch` call (1 = one at a time); seed: the random controls' first
+    (or RunLog) to record and resume; shard: (i, n) to run every n-th strip from i; batch_size: (strip, target)
+    rows of one image size and condition generated together per `vlm.ask_batch` call, each row steered toward its
+    own target (None: as many as `BATCH_TOKENS` prompt tokens allow, at most `MAX_BATCH_ROWS`; 1 = one at a time;
+    lower it if a GPU runs out of memory); seed: the random controls' first
     seed and the bootstrap's (default 0; 42 under the reference preset); control_seeds: draws of the random
     control (seed, seed + 1, ...); preset: "gazekit" or "reference" (the reference code's protocol, see the
     module doc). Chance is 1/6. Returns `Results`."""
@@ -648,7 +668,7 @@ def narration(vlm, strips, scores, *, k: Optional[int] = None, conditions: Seque
               judge=None, log=None, shard=None, max_new_tokens: int = 100, seed: Optional[int] = None,
               progress: bool = True, mode: str = "boost_suppress", strength: float = 1e4, phase: str = "all",
               targets: Sequence[int] = range(1, N_PANELS + 1), prompt: str = NARRATION_PROMPT,
-              batch_size: int = 8, preset: str = "gazekit", control_seeds: int = 3) -> Results:
+              batch_size: Optional[int] = None, preset: str = "gazekit", control_seeds: int = 3) -> Results:
     """Static narration steering: the ambiguous prompt "What is happening in this panel of the comic strip?"
     (unsteered models describe panel 1 or summarise), ~100 new tokens, one target panel for the whole answer.
     Same arguments and scoring as `vqa`."""
@@ -671,7 +691,8 @@ def k_sweep(vlm, strips, scores, ks: Optional[Sequence[int]] = None, *,
             conditions: Sequence[str] = ("unsteered", "top", "random"), judge=None, log=None, shard=None,
             max_new_tokens: int = 15, seed: Optional[int] = None, progress: bool = True,
             mode: str = "boost_suppress", strength: float = 1e4, phase: str = "all",
-            targets: Sequence[int] = range(1, N_PANELS + 1), question: str = VQA_QUESTION, batch_size: int = 8,
+            targets: Sequence[int] = range(1, N_PANELS + 1), question: str = VQA_QUESTION,
+            batch_size: Optional[int] = None,
             preset: str = "gazekit", control_seeds: int = 3) -> Results:
     """VQA steering accuracy as a function of the number of heads K (paper: ~36% at K=5, 83% at K=100, lower
     again for much larger K). Runs the top-K (and random) condition for every K in `ks` (default `default_ks`),

@@ -207,18 +207,24 @@ class VLM:
         if len(prompts) != len(images):
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
         scenes = [_as_scene(im) for im in images]
-        fed, offsets = [], []
-        for s in scenes:
-            img, off = self.adapter.preprocess_image(s.image)
+        fed, offsets, seen = [], [], {}
+        for s in scenes:  # an image repeated in the batch (one strip, several targets) is preprocessed once
+            if id(s.image) not in seen:
+                seen[id(s.image)] = self.adapter.preprocess_image(s.image)
+            img, off = seen[id(s.image)]
             fed.append(img)
             offsets.append(off)
         inputs = self.adapter.build_inputs(fed, list(prompts), scenes)
-        ids = inputs["input_ids"]
-        cells = [self.adapter.image_cells(inputs, r, scenes[r], fed[r].size, offsets[r]) for r in range(len(scenes))]
         if "attention_mask" in inputs and not bool(inputs["attention_mask"].all()):
             raise LayoutMismatch("prepare_batch needs inputs of one length (no padding); prepare them one at a time")
+        # rows with the same scene and prompt have the same inputs, so their token layout is checked once
+        first = {}
+        for r, (s, p) in enumerate(zip(scenes, prompts)):
+            first.setdefault((id(s), p), r)
+        rows = sorted(first.values())
+        cells = {r: self.adapter.image_cells(inputs, r, scenes[r], fed[r].size, offsets[r]) for r in rows}
         regions = self._regions(cells[0], scenes[0])
-        for r in range(1, len(scenes)):
+        for r in rows[1:]:
             other = self._regions(cells[r], scenes[r])
             if len(other) != len(regions) or any(not torch.equal(a, b) for a, b in zip(other, regions)):
                 raise LayoutMismatch("images in one batch map their regions to different tokens; prepare them "
@@ -370,6 +376,9 @@ def _resolve_dtype(dtype, device: torch.device):
 
 def _bnb_config(compute_dtype, skip):
     from transformers import BitsAndBytesConfig
+
+    from gazekit.models._compat import quiet_bitsandbytes_cpu_kernel_warning
+    quiet_bitsandbytes_cpu_kernel_warning()
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype,
                               llm_int8_skip_modules=skip)

@@ -38,6 +38,8 @@ def load_organism(path: str | None = None, quantize: str | None = None):
         import torch
         from transformers import BitsAndBytesConfig
 
+        from gazekit.models._compat import quiet_bitsandbytes_cpu_kernel_warning
+        quiet_bitsandbytes_cpu_kernel_warning()
         kwargs = dict(quantization_config=BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32,
             llm_int8_skip_modules=["vision_tower", "multi_modal_projector", "lm_head"]), device_map="cpu")

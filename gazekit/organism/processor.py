@@ -214,7 +214,14 @@ class ComicTileProcessor:
             att[r, L - len(s):] = 1
         data = {"input_ids": ids, "attention_mask": att}
         if images is not None:
-            tiles = [self.tiles(im, None if tile_boxes is None else tile_boxes[i]) for i, im in enumerate(images)]
+            done: dict = {}  # one strip asked several times in a batch (e.g. once per steering target): tile it once
+            tiles = []
+            for i, im in enumerate(images):
+                boxes = None if tile_boxes is None else tile_boxes[i]
+                key = (id(im), None if boxes is None else tuple(tuple(float(v) for v in b) for b in boxes))
+                if key not in done:
+                    done[key] = self.tiles(im, boxes)
+                tiles.append(done[key])
             data["pixel_values"] = self.normalize(np.concatenate(tiles))
         return BatchFeature(data=data, tensor_type=None if return_tensors == "pt" else return_tensors)
 

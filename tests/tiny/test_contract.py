@@ -324,6 +324,32 @@ def test_sdpa_steering_equals_eager_mask_edit(case, mode, oracle_log):
     assert (ref_logits - plain).abs().max().item() > 1e-3
 
 
+@pytest.mark.parametrize("phase", ["all", "decode"])
+def test_row_targets_equal_one_steer_per_row(case, phase):
+    """One batch whose rows are steered toward different targets (`RowTargets`, what the evaluation protocols
+    batch) gives every row the logits and tokens of that row steered alone."""
+    from gazekit.steer import RowTargets
+
+    family, vlm, strip = case
+    other = tm.make_strip(height=strip.image.size[1], seed=7)
+    items, targets = [strip, strip, other, other], [2, 5, 2, 6]
+    heads = [(0, 1), (vlm.n_layers - 1, 2), (vlm.n_layers - 1, 0)]
+    gen = dict(max_new_tokens=3, min_new_tokens=3, output_logits=True, return_dict_in_generate=True)
+    with gazekit.steer(vlm, heads, RowTargets(targets), phase=phase):
+        batch = vlm.generate(vlm.prepare_batch(items, [QUESTION] * 4), **gen)
+    for r, (item, target) in enumerate(zip(items, targets)):
+        with gazekit.steer(vlm, heads, target, phase=phase):
+            alone = vlm.generate(vlm.prepare(item, QUESTION), **gen)
+        assert torch.equal(batch.sequences[r], alone.sequences[0]), (family, r)
+        for a, b in zip(batch.logits, alone.logits):
+            assert (a[r] - b[0]).abs().max().item() <= 1e-4, (family, r)
+    # not vacuous: the same strip steered to 2 and to 5 gives different logits
+    assert (batch.logits[-1][0] - batch.logits[-1][1]).abs().max().item() > 1e-4
+    with pytest.raises(ValueError, match="one target per row"):
+        with gazekit.steer(vlm, heads, RowTargets([1, 2])):
+            vlm.generate(vlm.prepare_batch(items, [QUESTION] * 4), max_new_tokens=1)
+
+
 def test_steered_head_looks_at_target(case):
     family, vlm, strip = case
     heads = [(0, 2), (vlm.n_layers - 1, 0)]

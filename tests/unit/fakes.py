@@ -31,12 +31,26 @@ class FakeVLM:
             else k
 
     def ask_batch(self, items, prompts, max_new_tokens=20, **kw):
-        """Like the real VLM: one steering state for the whole batch; refuses items of different sizes."""
+        """Like the real VLM: one steering state for the whole batch (or, with `RowTargets`, one target per row);
+        refuses items of different sizes."""
+        from gazekit.steer import RowTargets
+
         if len({it.image.size for it in items}) > 1:
             raise ValueError("images in one batch map their regions to different tokens")
         self.batches.append(len(items))
         calls = self.calls
-        out = [self.ask(it, p, max_new_tokens) for it, p in zip(items, prompts)]
+        state = self.state
+        per_row = state is not None and isinstance(state[1], RowTargets)
+        if per_row and len(state[1]) != len(items):
+            raise ValueError(f"{len(state[1])} row targets for {len(items)} rows")
+        out = []
+        try:
+            for r, (it, p) in enumerate(zip(items, prompts)):
+                if per_row:
+                    self.state = (state[0], state[1][r])
+                out.append(self.ask(it, p, max_new_tokens))
+        finally:
+            self.state = state
         self.calls = calls + 1
         return out
 

@@ -10,7 +10,8 @@ import torch
 
 bench = pytest.importorskip("gazekit.bench")
 
-MEASURES = ("discovery_time", "memory", "score_diff", "capture_overhead", "steering", "quant_bytes")
+MEASURES = ("discovery_time", "memory", "score_diff", "capture_overhead", "steering", "quant_bytes", "eval_vqa",
+            "eval_narration")
 
 
 @pytest.fixture(scope="module")
@@ -193,3 +194,30 @@ def test_memory_block_reports_tensor_peaks(result):
     assert set(t) == {"reference", "gazekit", "plain", "encode"}
     # the reference holds every layer's full attention map, which a plain forward never makes
     assert t["reference"] > t["plain"] > t["encode"] > 0
+
+
+def test_evaluation_throughput_compares_the_same_answers(result):
+    res, written = result
+    m = written["models"]["qwen2vl-tiny"]
+    n = bench.EVAL_STRIPS["qwen2vl-tiny"]
+    for protocol in bench.EVAL_PROTOCOLS["qwen2vl-tiny"]:
+        e = m[f"eval_{protocol}"]
+        # every strip x 6 targets x each condition is a judged pair (the random control for 3 seeds); one unsteered
+        # generation per strip, and a control draw that repeats another's heads reuses its generations
+        assert e["pairs"] == n * 6 * (1 + 1 + 3)
+        assert n * (1 + 6 * 2) <= e["generations"] <= n * (1 + 6 * 4)
+        assert e["same_answers"] is True  # greedy float32: batching must not change a single answer
+        assert e["ratio"] == pytest.approx(e["one_at_a_time_s"] / e["batched_s"])
+        assert e["batched_pairs_per_s"] == pytest.approx(e["pairs"] / e["batched_s"])
+        assert e["target"] is None  # targets are stated for the organism and the mid-size config
+        assert e["best_possible_ratio"] == pytest.approx(e["one_at_a_time_s"] / (e["generations"] * e["prefill_s"]))
+    assert "vqa pairs/s" in bench.format_table(res)
+
+
+def test_targets_per_model():
+    assert bench.target_for("eval_vqa", "organism") == ("min", 5.0)
+    assert bench.target_for("eval_vqa", "qwen2vl-mid") == ("min", 1.5)
+    assert bench.target_for("memory", "organism") is None  # bounded by construction: information
+    assert bench.target_for("memory", "qwen2vl-2b-dims") == ("min", 10.0)
+    assert bench.target_for("discovery_time", "qwen2vl-2b-dims") == ("min", 6.0)
+    assert bench.target_for("capture_overhead", "qwen2vl-tiny") is None

@@ -184,10 +184,11 @@ def test_batched_generation_equals_one_at_a_time(fake, strips, tmp_path):
     odd.main_panel = 2
     n_calls = vlm.calls
     batched = vqa(vlm, strips + [odd], scores, batch_size=3, progress=False)
-    # 4 same-size strips in chunks of 3 + 1 (a chunk of one is a plain ask), the odd strip alone:
-    # per (condition, target) group: one ask_batch of 3; the random control is three groups (three seeds)
-    assert vlm.batches == [3] * (1 + 5 * 6)
-    assert vlm.calls - n_calls == (1 + 5 * 6) * 3  # each group: 1 batch + 2 singles
+    # unsteered: 4 same-size strips in chunks of 3 + 1 (a chunk of one is a plain ask), the odd strip alone;
+    # each steered condition (top, all, the random control's three seeds): its 6 targets x 4 same-size strips in
+    # 8 chunks of 3 (rows with different targets together), the odd strip's 6 targets in 2 chunks of 3
+    assert vlm.batches == [3] * (1 + 5 * (8 + 2))
+    assert vlm.calls - n_calls == 3 + 5 * (8 + 2)
     cols = ["condition", "control_seed", "strip", "target", "answer", "hit"]
     b = batched.table[batched.table.strip_index < len(strips)]
     assert b[cols].sort_values(cols[:4]).reset_index(drop=True).equals(

@@ -104,8 +104,9 @@ def test_fake_vqa_numbers(fake, strips):
     assert s.loc["unsteered", "accuracy"] == pytest.approx(1 / 6)
     assert s.loc["random", "accuracy"] == pytest.approx(1 / 6)
     assert s.loc["random", "accuracy_nondefault"] == 0.0 and s.loc["all", "junk_rate"] == 1.0
-    # batched across strips; the random control is drawn for 3 seeds
-    assert len(res.table) == 5 * 6 * (4 + 2) and vlm.batches == [5] * (1 + 5 * 6)
+    # batched across strips and targets (8 rows per call on a model without `prepare`); the random control is
+    # drawn for 3 seeds
+    assert len(res.table) == 5 * 6 * (4 + 2) and vlm.batches == [5] + [8, 8, 8, 6] * 5
     row = res.table[(res.table.condition == "top")].iloc[0]
     spec = json.loads(row["heads"])
     assert sorted(map(tuple, spec)) == sorted(vlm.gaze_heads) and row["mode"] == "boost_suppress"
