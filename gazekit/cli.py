@@ -4,6 +4,8 @@ Each experiment command loads a model (default: the embedded comic organism), ta
 (or discovers them first and writes ``ranking.json``), runs the protocol with a resumable JSONL log in ``--out`` and
 writes the results table (CSV), a summary, a figure (PNG) and the config. Rerun the same command to resume after a
 crash; run ``--shard i/n`` in n processes (one per GPU) and then once without ``--shard`` to merge the shards.
+Under ``torchrun -m gazekit ...`` or ``accelerate launch -m gazekit ...`` the shard comes from the launcher's rank
+and rank 0 merges (see `gazekit.distributed` and the README's "Running at scale").
 """
 from __future__ import annotations
 
