@@ -174,3 +174,24 @@ def _rank_pid(root: int, rank: str):
             continue
         todo.extend(int(k) for k in kids)
     return None
+
+
+def test_barrier_timeout_names_the_missing_rank(tmp_path):
+    """Rank 1 joins the group but never reaches the barrier: rank 0 gives up after the timeout naming rank 1."""
+    port = str(_port())
+    code = ("import os, sys, time, torch.distributed as d\n"
+            "from gazekit.distributed import from_launcher, wait_for_all, _init_group\n"
+            "l = from_launcher()\n"
+            "if l.rank == 1:\n"
+            "    _init_group(30); time.sleep(8); sys.exit(0)\n"
+            "wait_for_all(l, 3, 'vqa')\n")
+    procs = []
+    for rank in ("0", "1"):
+        env = dict(_env(), RANK=rank, LOCAL_RANK=rank, WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        procs.append(subprocess.Popen([PY, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+    out0 = procs[0].communicate(timeout=60)
+    procs[1].communicate(timeout=60)
+    assert procs[0].returncode != 0
+    assert "not every rank finished its vqa shard within 3 s" in out0[1]
+    assert "Ranks 1 failed" in out0[1].split("within 3 s", 1)[1], out0[1][-2000:]
