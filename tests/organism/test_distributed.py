@@ -195,3 +195,19 @@ def test_barrier_timeout_names_the_missing_rank(tmp_path):
     assert procs[0].returncode != 0
     assert "not every rank finished its vqa shard within 3 s" in out0[1]
     assert "Ranks 1 failed" in out0[1].split("within 3 s", 1)[1], out0[1][-2000:]
+
+
+def test_gpus_per_process_slices_visible_gpus_by_local_rank(monkeypatch):
+    import torch
+
+    from gazekit.distributed import Launch, place_process
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    env = {"CUDA_VISIBLE_DEVICES": "4,5,6,7"}
+    assert place_process(Launch(3, 4, 1), 2, environ=env) == "auto" and env["CUDA_VISIBLE_DEVICES"] == "6,7"
+    env = {}
+    assert place_process(Launch(2, 4, 2), 1, environ=env) is None and env["CUDA_VISIBLE_DEVICES"] == "2"
+    with pytest.raises(SystemExit, match="--nproc-per-node"):
+        place_process(Launch(2, 4, 2), 2, environ={})
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    env = {}
+    assert place_process(Launch(1, 2, 1), 1, environ=env) is None and env == {}  # CPU: nothing to place
