@@ -4,6 +4,8 @@ Each experiment command loads a model (default: the embedded comic organism), ta
 (or discovers them first and writes ``ranking.json``), runs the protocol with a resumable JSONL log in ``--out`` and
 writes the results table (CSV), a summary, a figure (PNG) and the config. Rerun the same command to resume after a
 crash; run ``--shard i/n`` in n processes (one per GPU) and then once without ``--shard`` to merge the shards.
+Under ``torchrun -m gazekit ...`` or ``accelerate launch -m gazekit ...`` the shard comes from the launcher's rank
+and rank 0 merges (see `gazekit.distributed` and the README's "Running at scale").
 """
 from __future__ import annotations
 
@@ -104,6 +106,12 @@ def _common(p: argparse.ArgumentParser, *, strips_default: str):
                                                  "embedded comic organism)")
     g.add_argument("--quantize", choices=["4bit"], default=None, help="load NF4 4-bit weights with bitsandbytes")
     g.add_argument("--device-map", default=None, help="accelerate device map, e.g. 'auto' to spread over GPUs")
+    g.add_argument("--gpus-per-process", type=int, default=1,
+                   help="under torchrun/accelerate launch: GPUs each process spreads its model over with "
+                        "device_map='auto' (local rank r gets GPUs r*N..r*N+N-1; default 1: one GPU per process)")
+    g.add_argument("--wait-timeout", type=float, default=7 * 24 * 3600,
+                   help="under torchrun/accelerate launch: seconds rank 0 waits for the other ranks' shards before "
+                        "it gives up naming them (default one week)")
     g.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
                    help="weights dtype (default: bfloat16 on CUDA, float32 on CPU)")
     g = p.add_argument_group("data and output")
@@ -343,7 +351,8 @@ def validate_args(a) -> None:
 
 
 # arguments that do not change what a run computes: they may differ between reruns into one folder
-_NOT_CONFIG = ("out", "no_progress", "force", "shard", "batch_size", "device_map")
+_NOT_CONFIG = ("out", "no_progress", "force", "shard", "batch_size", "device_map", "gpus_per_process",
+               "wait_timeout")
 CONFIG_FILE = "gazekit-run.json"
 
 
@@ -375,7 +384,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = Path(a.out or f"runs/{a.command}")
     out.mkdir(parents=True, exist_ok=True)
     remember_config(a, out)
+    launch = _from_launcher(a)
     vlm = _load_vlm(a)
+    if launch is not None:
+        return _run_launched(a, vlm, out, launch)
+    return _run_command(a, vlm, out)
+
+
+def _run_command(a, vlm, out: Path) -> int:
     if a.command == "discover":
         from gazekit import discover
         strips = parse_strips(a.strips, a.limit, style=a.preset)
@@ -444,3 +460,86 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     finally:
         log.close()
     return 0
+
+
+# --- under torchrun / accelerate launch (gazekit.distributed) ----------------------------------------------------
+
+def _from_launcher(a):
+    """The launcher's rank and world size (None without one); this process's GPUs are chosen here, before CUDA
+    starts, and its shard set from the rank."""
+    from gazekit.distributed import from_launcher, place_process
+    launch = from_launcher()
+    if launch is not None and getattr(a, "shard", None) is not None:
+        raise SystemExit(f"--shard {a.shard} was given under a launcher that already sets the shard "
+                         f"(RANK={launch.rank}, WORLD_SIZE={launch.world_size}): drop --shard")
+    device_map = place_process(launch, a.gpus_per_process)
+    if device_map is not None and a.device_map is None:
+        a.device_map = device_map
+    if launch is not None and a.command != "discover":
+        a.shard = launch.shard
+    return launch
+
+
+def _run_launched(a, vlm, out: Path, launch) -> int:
+    """One rank's part: its shard with its own log, then a barrier; rank 0 then merges every shard (the same
+    command without a shard, which finds all work done in the shard logs and only aggregates)."""
+    from gazekit import distributed as dist
+    try:
+        if a.command == "discover":
+            _discover_launched(a, vlm, out, launch, a.strips, a.limit, out / "ranking.json")
+            return 0
+        needs_heads = any(c.strip() in ("top", "random") for c in a.conditions.split(","))
+        if needs_heads and not a.heads and not (out / "ranking.json").exists():
+            print(f"no ranking at {out / 'ranking.json'}: discovering gaze heads on {a.discover_strips} across "
+                  f"{launch.world_size} processes first", file=sys.stderr)
+            _discover_launched(a, vlm, out, launch, a.discover_strips, None, out / "ranking.json")
+        _run_command(a, vlm, out)
+        dist.wait_for_all(launch, a.wait_timeout, a.command)
+        if launch.rank == 0:
+            a.shard = None
+            print(f"rank 0: merging {launch.world_size} shards", file=sys.stderr)
+            _run_command(a, vlm, out)
+        return 0
+    finally:
+        dist.finish()
+
+
+def _discover_launched(a, vlm, out: Path, launch, strips_spec: str, limit, path: Path):
+    """Each rank scores every world_size-th strip and writes its partial matrices; rank 0 reduces them (sum x count)
+    into the one-process ranking and writes `path`; every rank leaves with the ranking on disk. A rank whose part
+    is already on disk for the same strips (a rerun after a kill) reuses it."""
+    from gazekit import GazeScores, discover
+    from gazekit import distributed as dist
+    part_path = dist.shard_ranking_path(out, launch.rank, launch.world_size)
+    key = {"strips": strips_spec, "limit": limit, "shard": launch.shard, "preset": a.preset}
+    part = GazeScores.load(part_path) if part_path.exists() else None
+    if part is None or part.meta.get("part_of") != key:
+        strips = parse_strips(strips_spec, limit, style=a.preset)[launch.rank::launch.world_size]
+        if not strips:
+            raise SystemExit(f"{len(parse_strips(strips_spec, limit))} strips for {launch.world_size} processes: "
+                             "give at least one strip per process or start fewer")
+        part = discover(vlm, strips, progress=not a.no_progress, questions=_questions(a))
+        part.meta["part_of"] = key
+        part.save(part_path)
+    dist.wait_for_all(launch, a.wait_timeout, "discover")
+    if launch.rank == 0:
+        parts = [GazeScores.load(dist.shard_ranking_path(out, r, launch.world_size))
+                 for r in range(launch.world_size)]
+        scores = dist.merge_discovery(parts, meta={"processes": launch.world_size})
+        scores.save(path)
+        _plot_ranking(scores, path.with_suffix(".png"))
+        print("top heads: " + ", ".join(f"{h}={scores.scores[h]:.3f}"
+                                        for h in scores.top(min(10, scores.scores.size))))
+        print(f"wrote {path}")
+    dist.wait_for_all(launch, a.wait_timeout, "discover merge")  # the other ranks may need the ranking next
+
+
+def _plot_ranking(scores, png: Path):
+    try:
+        import matplotlib.pyplot as plt
+        fig = scores.plot()
+        fig = getattr(fig, "figure", fig)
+        fig.savefig(png, bbox_inches="tight")
+        plt.close(fig)
+    except Exception as e:  # noqa: BLE001 — a plotting problem must not lose the ranking
+        print(f"(plot skipped: {e})", file=sys.stderr)
