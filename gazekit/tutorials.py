@@ -1,6 +1,7 @@
 """The main job: execute every tutorial notebook headless and collect its figures.
 
     python -m gazekit.tutorials [--out figures/] [--dir tutorials/] [--only 02 04] [--inplace]
+    python -m gazekit.tutorials --source URL --out DIR      # a class's copies, installing gazekit from URL on Colab
 
 Runs `tutorials/NN_*.ipynb` in order with nbclient (a fresh Python kernel per notebook, on the model each notebook's
 `MODEL_ID` cell names: the embedded organism by default), shows a progress bar over all code cells, and writes every
@@ -8,6 +9,10 @@ PNG figure the notebooks produce into the output folder: `OUT/<notebook>/cellNN_
 `OUT/<notebook>/widgetNN.png` for figures inside widgets, plus `OUT/summary.json` (per notebook: seconds, figures,
 status). The notebooks on disk are left untouched unless `--inplace` is given, which writes them back with their new
 outputs (how the committed outputs are produced; `pytest --nbval` then checks them).
+
+With `--source`, nothing runs: the notebooks are copied into `--out` with their setup cell's `GAZEKIT_SOURCE`
+line set to URL (anything pip accepts: a git URL, a wheel URL or path; default: the PyPI distribution
+`gazekit-vlm`). This is the one place a teacher sets where every notebook of a class installs gazekit from.
 
 Exit status 1 if any notebook fails (the others still run; the failing cell's error is printed).
 """
@@ -23,7 +28,13 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-__all__ = ["find_notebooks", "run_notebook", "run_all", "main"]
+__all__ = ["DEFAULT_SOURCE", "find_notebooks", "set_install_source", "write_copies", "run_notebook", "run_all",
+           "main"]
+
+# what the tutorials' setup cell installs on Colab: the PyPI distribution (the import name stays `gazekit`; the
+# PyPI name `gazekit` is an unrelated eye-tracking package)
+DEFAULT_SOURCE = "gazekit-vlm"
+_SOURCE_LINE = re.compile(r'^GAZEKIT_SOURCE = "[^"\n]*"', re.M)
 
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # colour codes in kernel tracebacks
@@ -49,6 +60,33 @@ def find_notebooks(directory, only: Optional[Sequence[str]] = None) -> list[Path
     if not nbs:
         raise FileNotFoundError(f"no tutorial notebooks (NN_*.ipynb) in {d}" + (f" matching {list(only)}" if only else ""))
     return nbs
+
+
+def set_install_source(nb, source: str):
+    """Point the notebook's setup cell (its first code cell) at `source`; returns the notebook (changed in place)."""
+    if '"' in source or "\n" in source:
+        raise ValueError(f"install source {source!r} must not contain quotes or newlines: give a pip requirement, "
+                         "a URL or a path")
+    setup = next((c for c in nb.cells if c.cell_type == "code"), None)
+    if setup is None or not _SOURCE_LINE.search(setup.source):
+        raise ValueError("this notebook has no gazekit setup cell (a first code cell with a GAZEKIT_SOURCE = \"...\" "
+                         "line): is it a gazekit tutorial?")
+    setup.source = _SOURCE_LINE.sub(f'GAZEKIT_SOURCE = "{source}"', setup.source, count=1)
+    return nb
+
+
+def write_copies(directory=None, out="class_notebooks", *, source: str = DEFAULT_SOURCE, only=None) -> list[Path]:
+    """Copy the tutorials into `out` (without running them), each installing gazekit from `source` on Colab."""
+    import nbformat
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for p in find_notebooks(directory or default_dir(), only):
+        nb = set_install_source(nbformat.read(p, as_version=4), source)
+        nbformat.write(nb, out / p.name)
+        written.append(out / p.name)
+    return written
 
 
 def _pngs(nb) -> list[tuple[str, bytes]]:
@@ -155,7 +193,13 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=int, default=600, help="seconds per cell (default 600)")
     ap.add_argument("--kernel", default="python3", help="Jupyter kernel name (default python3)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ap.add_argument("--source", default=None,
+                    help="write copies into --out, installing gazekit from SOURCE on Colab, instead of running")
     a = ap.parse_args(argv)
+    if a.source is not None:
+        written = write_copies(a.dir, a.out, source=a.source, only=a.only)
+        print(f"{len(written)} notebooks in {a.out}/ install gazekit from {a.source!r} on Colab")
+        return 0
     s = run_all(a.dir, a.out, only=a.only, inplace=a.inplace, timeout=a.timeout, kernel_name=a.kernel,
                 progress=not a.no_progress)
     failed = [n["notebook"] for n in s["notebooks"] if n["status"] != "ok"]

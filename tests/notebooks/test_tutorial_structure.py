@@ -29,7 +29,12 @@ def test_setup_cell_is_identical_and_safe():
     firsts = {p.name: _code(nbformat.read(p, as_version=4))[0].source for p in NOTEBOOKS}
     assert len(set(firsts.values())) == 1, "the first code cell differs between notebooks"
     setup = next(iter(firsts.values()))
-    assert re.search(r'^GAZEKIT_SOURCE = "[^"]+"', setup, re.M)  # one variable says where Colab installs from
+    # one variable says where Colab installs from: the PyPI distribution, not the unrelated `gazekit` on PyPI
+    from gazekit.tutorials import DEFAULT_SOURCE
+
+    assert re.search(rf'^GAZEKIT_SOURCE = "{DEFAULT_SOURCE}"', setup, re.M)
+    assert DEFAULT_SOURCE != "gazekit"
+    # the embedded model follows DEVICE: every notebook moves it to the GPU when there is one
     # the install runs only on Colab: every code line mentioning pip sits in the `if IN_COLAB:` block
     lines = [ln for ln in setup.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     start = lines.index("if IN_COLAB:")
@@ -66,3 +71,26 @@ def test_committed_outputs_come_from_one_complete_run(path):
     joined = "\n".join(text)
     for leak in ("/work/", "/tmp/", "/home/", "site-packages", " at 0x"):
         assert leak not in joined, f"{path.name}: output leaks {leak!r}"
+
+
+def test_setup_cell_moves_the_embedded_model_to_device():
+    for p in NOTEBOOKS:
+        src = "\n".join(c.source for c in _code(nbformat.read(p, as_version=4)))
+        assert re.search(r"^if MODEL_ID is None:.*\n    \w+\.model\.to\(DEVICE\)", src, re.M), p.name
+
+
+def test_write_copies_sets_one_install_source_in_every_notebook(tmp_path):
+    from gazekit.tutorials import set_install_source, write_copies
+
+    url = "https://example.org/wheels/gazekit_vlm-0.1.0-py3-none-any.whl"
+    written = write_copies(TUTORIALS, tmp_path, source=url)
+    assert [p.name for p in written] == [p.name for p in NOTEBOOKS]
+    for p in written:
+        setup = _code(nbformat.read(p, as_version=4))[0].source
+        assert f'GAZEKIT_SOURCE = "{url}"' in setup and "gazekit-vlm\"" not in setup.split("#")[0]
+    nb = nbformat.read(NOTEBOOKS[0], as_version=4)
+    with pytest.raises(ValueError, match="quotes"):
+        set_install_source(nb, 'x"; import os')
+    nb.cells = [c for c in nb.cells if c.cell_type == "markdown"]
+    with pytest.raises(ValueError, match="setup cell"):
+        set_install_source(nb, url)
