@@ -14,7 +14,7 @@ from typing import Callable, Optional
 import numpy as np
 
 __all__ = ["check_panel_tokens", "check_gaze_scores", "check_ranking", "check_staircase_break", "check_bias_row",
-           "EXERCISES"]
+           "check_schedule", "check_ranking_agreement", "EXERCISES"]
 
 
 def _report(name: str, fn: Callable, cases, reference: Callable, same: Callable, hint: str) -> bool:
@@ -140,6 +140,47 @@ def check_bias_row(fn: Callable) -> bool:
                    "target's tokens; the target comes last so it is not overwritten")
 
 
+# -- 05: a switching schedule ----------------------------------------------------------------------------------------
+def schedule_reference(order, every: int) -> dict:
+    """The schedule `steer` takes for switching every `every` generated tokens along `order` (1-based panels):
+    {first token index (0-based): panel}."""
+    return {i * every: int(panel) for i, panel in enumerate(order)}
+
+
+def check_schedule(fn: Callable) -> bool:
+    """Exercise 05: `fn(order, every) -> {token index: panel}`, as in `steer(vlm, heads, {0: 4, 8: 2})`."""
+    cases = [([4, 2], 8), ([1, 2, 3, 4, 5, 6], 50), ([6, 1, 3], 5), ([2], 10)]
+    return _report("schedule", fn, cases, schedule_reference, lambda g, w: {int(k): int(v) for k, v in g.items()} == w,
+                   "the i-th panel of the order starts at token i * every (the first at token 0); keep panels 1-based")
+
+
+# -- 06: ranking agreement full vs 4-bit -------------------------------------------------------------------------------
+def ranking_agreement_reference(scores_a, scores_b, k: int) -> tuple[float, int]:
+    """(Spearman rho over all heads' scores, number of heads shared by the two top-k lists)."""
+    from gazekit.discover import GazeScores
+    from gazekit.evaluate.stats import spearman
+
+    rho = spearman(scores_a, scores_b)[0]
+    top = [set(GazeScores(matrix=None, scores=np.asarray(s)).top(k)) for s in (scores_a, scores_b)]
+    return rho, len(top[0] & top[1])
+
+
+def check_ranking_agreement(fn: Callable) -> bool:
+    """Exercise 06: `fn(scores_full [L, H], scores_q4 [L, H], k) -> (spearman_rho, shared_top_k)`."""
+    rng = np.random.default_rng(6)
+    a = rng.random((2, 8))
+    cases = [(a, a + rng.normal(0, 0.05, a.shape), 4), (a, a ** 3, 5),  # a monotone change keeps the ranks
+             (a, rng.random((2, 8)), 3), (a, -a, 2)]
+
+    def same(g, w):
+        return len(g) == 2 and np.isclose(float(g[0]), w[0], atol=1e-6) and int(g[1]) == w[1]
+
+    return _report("ranking agreement", fn, cases, ranking_agreement_reference, same,
+                   "Spearman compares ranks, not values (scipy.stats.spearmanr on the flattened scores, or "
+                   "gazekit.evaluate.stats.spearman); shared = size of the intersection of the two top-k head sets")
+
+
 # notebook -> the checks its exercises use (docs/teaching.md lists them with the skills they train)
 EXERCISES = {"01": ["check_panel_tokens"], "02": ["check_gaze_scores", "check_ranking"],
-             "03": ["check_staircase_break"], "04": ["check_bias_row"]}
+             "03": ["check_staircase_break"], "04": ["check_bias_row"],
+             "05": ["check_schedule"], "06": ["check_ranking_agreement"]}

@@ -44,6 +44,18 @@ def bias_row(n_keys, image_positions, target_positions, strength):
     return bias
 
 
+def schedule(order, every):
+    return {i * every: panel for i, panel in enumerate(order)}
+
+
+def ranking_agreement(scores_a, scores_b, k):
+    from scipy.stats import spearmanr
+
+    rho = spearmanr(scores_a.ravel(), scores_b.ravel()).statistic
+    top = [set(np.argsort(-s.ravel(), kind="stable")[:k]) for s in (scores_a, scores_b)]
+    return rho, len(top[0] & top[1])
+
+
 def stub(*args):
     raise NotImplementedError("your code here")
 
@@ -103,12 +115,31 @@ def bias_row_target_overwritten(n_keys, image_positions, target_positions, stren
     return bias
 
 
+def schedule_one_based_tokens(order, every):
+    return {i * every + 1: panel for i, panel in enumerate(order)}
+
+
+def schedule_zero_based_panels(order, every):
+    return {i * every: panel - 1 for i, panel in enumerate(order)}
+
+
+def ranking_agreement_pearson(scores_a, scores_b, k):
+    return float(np.corrcoef(scores_a.ravel(), scores_b.ravel())[0, 1]), ranking_agreement(scores_a, scores_b, k)[1]
+
+
+def ranking_agreement_bottom_k(scores_a, scores_b, k):
+    top = [set(np.argsort(s.ravel(), kind="stable")[:k]) for s in (scores_a, scores_b)]
+    return ranking_agreement(scores_a, scores_b, k)[0], len(top[0] & top[1])
+
+
 CHECKS = [
     (course.check_panel_tokens, panel_tokens, [panel_tokens_off_by_one, panel_tokens_inclusive]),
     (course.check_gaze_scores, gaze_scores, [gaze_scores_renormalised, gaze_scores_sum]),
     (course.check_ranking, ranking, [ranking_ascending, ranking_unstable_ties]),
     (course.check_staircase_break, staircase_break, [staircase_break_early, staircase_break_on_change]),
     (course.check_bias_row, bias_row, [bias_row_touches_text, bias_row_target_overwritten]),
+    (course.check_schedule, schedule, [schedule_one_based_tokens, schedule_zero_based_panels]),
+    (course.check_ranking_agreement, ranking_agreement, [ranking_agreement_pearson, ranking_agreement_bottom_k]),
 ]
 IDS = [c[0].__name__ for c in CHECKS]
 
