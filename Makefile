@@ -16,7 +16,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export HF_HUB_DISABLE_TELEMETRY = 1
 export PYTHONHASHSEED = 0
 
-.PHONY: setup tutorials test bench clean
+.PHONY: setup tutorials test bench wheel clean
 
 $(BIN)/.gazekit-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,5 +38,10 @@ test: setup
 bench: setup
 	$(BIN)/python -m gazekit.bench
 
+# the distribution students install on Colab (gazekit-vlm, imported as gazekit), with the embedded model inside:
+# dist/gazekit_vlm-<version>-py3-none-any.whl. Needs only pip (which fetches setuptools in an isolated build).
+wheel:
+	$(PYTHON) -m pip wheel --no-deps --disable-pip-version-check -q -w dist .
+
 clean:
-	rm -rf $(VENV) $(FIGURES)
+	rm -rf $(VENV) $(FIGURES) dist build

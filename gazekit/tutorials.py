@@ -1,6 +1,8 @@
 """The main job: execute every tutorial notebook headless and collect its figures.
 
     python -m gazekit.tutorials [--out figures/] [--dir tutorials/] [--only 02 04] [--inplace]
+    python -m gazekit.tutorials --source URL --out DIR      # a class's copies, installing gazekit from URL on Colab
+    python -m gazekit.tutorials --student --out DIR         # the same with every exercise solution replaced by a stub
 
 Runs `tutorials/NN_*.ipynb` in order with nbclient (a fresh Python kernel per notebook, on the model each notebook's
 `MODEL_ID` cell names: the embedded organism by default), shows a progress bar over all code cells, and writes every
@@ -8,6 +10,11 @@ PNG figure the notebooks produce into the output folder: `OUT/<notebook>/cellNN_
 `OUT/<notebook>/widgetNN.png` for figures inside widgets, plus `OUT/summary.json` (per notebook: seconds, figures,
 status). The notebooks on disk are left untouched unless `--inplace` is given, which writes them back with their new
 outputs (how the committed outputs are produced; `pytest --nbval` then checks them).
+
+With `--source`, nothing runs: the notebooks are copied into `--out` with their setup cell's `GAZEKIT_SOURCE`
+line set to URL; `--student` copies (nothing runs either) replace each exercise's solution cell (tagged
+`solution`) with a stub that raises NotImplementedError with the exercise's hint, and drop all outputs (anything pip accepts: a git URL, a wheel URL or path; default: the PyPI distribution
+`gazekit-vlm`). This is the one place a teacher sets where every notebook of a class installs gazekit from.
 
 Exit status 1 if any notebook fails (the others still run; the failing cell's error is printed).
 """
@@ -23,7 +30,14 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-__all__ = ["find_notebooks", "run_notebook", "run_all", "main"]
+__all__ = ["DEFAULT_SOURCE", "find_notebooks", "set_install_source", "student_version",
+           "write_copies", "run_notebook", "run_all",
+           "main"]
+
+# what the tutorials' setup cell installs on Colab: the PyPI distribution (the import name stays `gazekit`; the
+# PyPI name `gazekit` is an unrelated eye-tracking package)
+DEFAULT_SOURCE = "gazekit-vlm"
+_SOURCE_LINE = re.compile(r'^GAZEKIT_SOURCE = "[^"\n]*"', re.M)
 
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # colour codes in kernel tracebacks
@@ -49,6 +63,63 @@ def find_notebooks(directory, only: Optional[Sequence[str]] = None) -> list[Path
     if not nbs:
         raise FileNotFoundError(f"no tutorial notebooks (NN_*.ipynb) in {d}" + (f" matching {list(only)}" if only else ""))
     return nbs
+
+
+def set_install_source(nb, source: str):
+    """Point the notebook's setup cell (its first code cell) at `source`; returns the notebook (changed in place)."""
+    if '"' in source or "\n" in source:
+        raise ValueError(f"install source {source!r} must not contain quotes or newlines: give a pip requirement, "
+                         "a URL or a path")
+    setup = next((c for c in nb.cells if c.cell_type == "code"), None)
+    if setup is None or not _SOURCE_LINE.search(setup.source):
+        raise ValueError("this notebook has no gazekit setup cell (a first code cell with a GAZEKIT_SOURCE = \"...\" "
+                         "line): is it a gazekit tutorial?")
+    setup.source = _SOURCE_LINE.sub(f'GAZEKIT_SOURCE = "{source}"', setup.source, count=1)
+    return nb
+
+
+def student_version(nb):
+    """Replace each exercise solution (a code cell tagged `solution` with `gazekit_exercise` metadata) by a stub: the
+    solution's `def` line and docstring, then `raise NotImplementedError(hint)`; clear every output. In place."""
+    for cell in nb.cells:
+        ex = cell.metadata.get("gazekit_exercise")
+        if cell.cell_type != "code" or "solution" not in cell.metadata.get("tags", []) or not ex:
+            continue
+        lines = cell.source.splitlines()
+        start = next((i for i, ln in enumerate(lines) if ln.startswith("def ")), None)
+        if start is None:
+            raise ValueError(f"exercise {ex.get('id')}: its solution cell has no `def` line to keep")
+        keep = [lines[start]]
+        if start + 1 < len(lines) and lines[start + 1].strip().startswith('"""'):
+            keep.append(lines[start + 1])
+        hint = f"exercise {ex['id']}: write this function. Hint: {ex['hint']}"
+        cell.source = "\n".join([f"# Exercise {ex['id']}: your code here", *keep,
+                                  f"    raise NotImplementedError({hint!r})"])
+        cell.metadata.pop("jupyter", None)  # the stub is the student's to see
+        cell.metadata["tags"] = [t for t in cell.metadata["tags"] if t != "solution"] + ["exercise"]
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    nb.metadata.pop("widgets", None)
+    return nb
+
+
+def write_copies(directory=None, out="class_notebooks", *, source: str = DEFAULT_SOURCE, only=None,
+                 student: bool = False) -> list[Path]:
+    """Copy the tutorials into `out` (without running them), each installing gazekit from `source` on Colab;
+    `student=True` writes the student versions (`student_version`)."""
+    import nbformat
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for p in find_notebooks(directory or default_dir(), only):
+        nb = set_install_source(nbformat.read(p, as_version=4), source)
+        if student:
+            student_version(nb)
+        nbformat.write(nb, out / p.name)
+        written.append(out / p.name)
+    return written
 
 
 def _pngs(nb) -> list[tuple[str, bytes]]:
@@ -155,7 +226,17 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=int, default=600, help="seconds per cell (default 600)")
     ap.add_argument("--kernel", default="python3", help="Jupyter kernel name (default python3)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ap.add_argument("--source", default=None,
+                    help="write copies into --out, installing gazekit from SOURCE on Colab, instead of running")
+    ap.add_argument("--student", action="store_true",
+                    help="write student copies into --out (solutions replaced by stubs), instead of running")
     a = ap.parse_args(argv)
+    if a.source is not None or a.student:
+        source = a.source or DEFAULT_SOURCE
+        written = write_copies(a.dir, a.out, source=source, only=a.only, student=a.student)
+        print(f"{len(written)} {'student ' if a.student else ''}notebooks in {a.out}/ install gazekit from "
+              f"{source!r} on Colab")
+        return 0
     s = run_all(a.dir, a.out, only=a.only, inplace=a.inplace, timeout=a.timeout, kernel_name=a.kernel,
                 progress=not a.no_progress)
     failed = [n["notebook"] for n in s["notebooks"] if n["status"] != "ok"]

@@ -29,7 +29,12 @@ def test_setup_cell_is_identical_and_safe():
     firsts = {p.name: _code(nbformat.read(p, as_version=4))[0].source for p in NOTEBOOKS}
     assert len(set(firsts.values())) == 1, "the first code cell differs between notebooks"
     setup = next(iter(firsts.values()))
-    assert re.search(r'^GAZEKIT_SOURCE = "[^"]+"', setup, re.M)  # one variable says where Colab installs from
+    # one variable says where Colab installs from: the PyPI distribution, not the unrelated `gazekit` on PyPI
+    from gazekit.tutorials import DEFAULT_SOURCE
+
+    assert re.search(rf'^GAZEKIT_SOURCE = "{DEFAULT_SOURCE}"', setup, re.M)
+    assert DEFAULT_SOURCE != "gazekit"
+    # the embedded model follows DEVICE: every notebook moves it to the GPU when there is one
     # the install runs only on Colab: every code line mentioning pip sits in the `if IN_COLAB:` block
     lines = [ln for ln in setup.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     start = lines.index("if IN_COLAB:")
@@ -66,3 +71,80 @@ def test_committed_outputs_come_from_one_complete_run(path):
     joined = "\n".join(text)
     for leak in ("/work/", "/tmp/", "/home/", "site-packages", " at 0x"):
         assert leak not in joined, f"{path.name}: output leaks {leak!r}"
+
+
+def test_setup_cell_moves_the_embedded_model_to_device():
+    for p in NOTEBOOKS:
+        src = "\n".join(c.source for c in _code(nbformat.read(p, as_version=4)))
+        assert re.search(r"^if MODEL_ID is None:.*\n    \w+\.model\.to\(DEVICE\)", src, re.M), p.name
+
+
+def test_write_copies_sets_one_install_source_in_every_notebook(tmp_path):
+    from gazekit.tutorials import set_install_source, write_copies
+
+    url = "https://example.org/wheels/gazekit_vlm-0.1.0-py3-none-any.whl"
+    written = write_copies(TUTORIALS, tmp_path, source=url)
+    assert [p.name for p in written] == [p.name for p in NOTEBOOKS]
+    for p in written:
+        setup = _code(nbformat.read(p, as_version=4))[0].source
+        assert f'GAZEKIT_SOURCE = "{url}"' in setup and "gazekit-vlm\"" not in setup.split("#")[0]
+    nb = nbformat.read(NOTEBOOKS[0], as_version=4)
+    with pytest.raises(ValueError, match="quotes"):
+        set_install_source(nb, 'x"; import os')
+    nb.cells = [c for c in nb.cells if c.cell_type == "markdown"]
+    with pytest.raises(ValueError, match="setup cell"):
+        set_install_source(nb, url)
+
+
+def _run_cells(sources):
+    """Execute exercise cells (pure Python + numpy) in one namespace, as a kernel would; returns printed text."""
+    import contextlib
+    import io
+
+    import numpy as np
+
+    ns, buf = {"np": np}, io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        for src in sources:
+            exec(compile(src, "<cell>", "exec"), ns)
+    return buf.getvalue()
+
+
+def _exercises(nb):
+    """(solution cell, the check cell after it) for every exercise."""
+    cells = nb.cells
+    return [(c, cells[i + 1]) for i, c in enumerate(cells) if c.metadata.get("gazekit_exercise")]
+
+
+def test_every_exercise_is_folded_and_its_check_passes_on_the_solution():
+    from gazekit.course import EXERCISES
+
+    for p in NOTEBOOKS:
+        nb = nbformat.read(p, as_version=4)
+        ex = _exercises(nb)
+        assert len(ex) == len(EXERCISES.get(p.name[:2], [])), p.name
+        for sol, check in ex:
+            assert sol.metadata["jupyter"]["source_hidden"] and "solution" in sol.metadata["tags"]
+            assert "gazekit.course import check_" in check.source
+            assert _run_cells([sol.source, check.source]).startswith("pass:"), (p.name, sol.metadata)
+            md = nb.cells[nb.cells.index(sol) - 1].source
+            assert "Difficulty" in md and "min" in md and "Hint" in md
+
+
+def test_student_copies_have_stubs_that_fail_their_checks(tmp_path):
+    from gazekit.tutorials import main
+
+    assert main(["--student", "--out", str(tmp_path), "--dir", str(TUTORIALS)]) == 0
+    n = 0
+    for p in NOTEBOOKS:
+        teacher = nbformat.read(p, as_version=4)
+        nb = nbformat.read(tmp_path / p.name, as_version=4)
+        assert len(nb.cells) == len(teacher.cells)
+        assert all(not c.outputs and c.execution_count is None for c in _code(nb))
+        for stub, check in _exercises(nb):
+            n += 1
+            assert "NotImplementedError" in stub.source and "Hint:" in stub.source
+            assert "solution" not in stub.metadata["tags"] and "jupyter" not in stub.metadata
+            out = _run_cells([stub.source, check.source])
+            assert out.startswith("not yet:"), out
+    assert n == sum(len(v) for v in __import__("gazekit.course").course.EXERCISES.values())

@@ -1,0 +1,177 @@
+"""Every exercise check passes on the notebook's solution and fails on the student stub and on planted wrong answers
+(a renormalised score, an off-by-one region, a break reported one token early, a bias that touches text tokens)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gazekit import course
+
+
+# -- the solutions as the notebooks give them ---------------------------------------------------------------------------
+def panel_tokens(rows, cols, width, height, box):
+    x0, y0, x1, y1 = box
+    out = []
+    for r in range(rows):
+        for c in range(cols):
+            x, y = (c + 0.5) * width / cols, (r + 0.5) * height / rows
+            if x0 <= x < x1 and y0 <= y < y1:
+                out.append(r * cols + c)
+    return out
+
+
+def gaze_scores(matrix):
+    return np.diagonal(matrix, axis1=-2, axis2=-1).mean(-1)
+
+
+def ranking(scores):
+    H = scores.shape[1]
+    order = np.argsort(-scores.ravel(), kind="stable")
+    return [(int(i) // H, int(i) % H) for i in order]
+
+
+def staircase_break(panels):
+    for t in range(1, len(panels)):
+        if panels[t] < panels[t - 1]:
+            return t
+    return None
+
+
+def bias_row(n_keys, image_positions, target_positions, strength):
+    bias = np.zeros(n_keys)
+    bias[list(image_positions)] = -strength
+    bias[list(target_positions)] = strength
+    return bias
+
+
+def schedule(order, every):
+    return {i * every: panel for i, panel in enumerate(order)}
+
+
+def ranking_agreement(scores_a, scores_b, k):
+    from scipy.stats import spearmanr
+
+    rho = spearmanr(scores_a.ravel(), scores_b.ravel()).statistic
+    top = [set(np.argsort(-s.ravel(), kind="stable")[:k]) for s in (scores_a, scores_b)]
+    return rho, len(top[0] & top[1])
+
+
+def stub(*args):
+    raise NotImplementedError("your code here")
+
+
+# -- planted wrong answers -----------------------------------------------------------------------------------------------
+def panel_tokens_off_by_one(rows, cols, width, height, box):
+    return [i + 1 for i in panel_tokens(rows, cols, width, height, box)]
+
+
+def panel_tokens_inclusive(rows, cols, width, height, box):  # corners, not centres: takes neighbouring cells too
+    x0, y0, x1, y1 = box
+    return [r * cols + c for r in range(rows) for c in range(cols)
+            if c * width / cols <= x1 and (c + 1) * width / cols >= x0
+            and r * height / rows <= y1 and (r + 1) * height / rows >= y0]
+
+
+def gaze_scores_renormalised(matrix):
+    return gaze_scores(matrix / matrix.sum(-1, keepdims=True))
+
+
+def gaze_scores_sum(matrix):
+    return np.diagonal(matrix, axis1=-2, axis2=-1).sum(-1)
+
+
+def ranking_ascending(scores):
+    return ranking(-scores)
+
+
+def ranking_unstable_ties(scores):
+    H = scores.shape[1]
+    order = sorted(range(scores.size), key=lambda i: (-scores.ravel()[i], -i))
+    return [(i // H, i % H) for i in order]
+
+
+def staircase_break_early(panels):
+    t = staircase_break(panels)
+    return None if t is None else t - 1
+
+
+def staircase_break_on_change(panels):
+    for t in range(1, len(panels)):
+        if panels[t] != panels[t - 1] and panels[t] != panels[t - 1] + 1:
+            return t
+    return None
+
+
+def bias_row_touches_text(n_keys, image_positions, target_positions, strength):
+    bias = np.full(n_keys, -float(strength))
+    bias[list(target_positions)] = strength
+    return bias
+
+
+def bias_row_target_overwritten(n_keys, image_positions, target_positions, strength):
+    bias = np.zeros(n_keys)
+    bias[list(target_positions)] = strength
+    bias[list(image_positions)] = -strength
+    return bias
+
+
+def schedule_one_based_tokens(order, every):
+    return {i * every + 1: panel for i, panel in enumerate(order)}
+
+
+def schedule_zero_based_panels(order, every):
+    return {i * every: panel - 1 for i, panel in enumerate(order)}
+
+
+def ranking_agreement_pearson(scores_a, scores_b, k):
+    return float(np.corrcoef(scores_a.ravel(), scores_b.ravel())[0, 1]), ranking_agreement(scores_a, scores_b, k)[1]
+
+
+def ranking_agreement_bottom_k(scores_a, scores_b, k):
+    top = [set(np.argsort(s.ravel(), kind="stable")[:k]) for s in (scores_a, scores_b)]
+    return ranking_agreement(scores_a, scores_b, k)[0], len(top[0] & top[1])
+
+
+CHECKS = [
+    (course.check_panel_tokens, panel_tokens, [panel_tokens_off_by_one, panel_tokens_inclusive]),
+    (course.check_gaze_scores, gaze_scores, [gaze_scores_renormalised, gaze_scores_sum]),
+    (course.check_ranking, ranking, [ranking_ascending, ranking_unstable_ties]),
+    (course.check_staircase_break, staircase_break, [staircase_break_early, staircase_break_on_change]),
+    (course.check_bias_row, bias_row, [bias_row_touches_text, bias_row_target_overwritten]),
+    (course.check_schedule, schedule, [schedule_one_based_tokens, schedule_zero_based_panels]),
+    (course.check_ranking_agreement, ranking_agreement, [ranking_agreement_pearson, ranking_agreement_bottom_k]),
+]
+IDS = [c[0].__name__ for c in CHECKS]
+
+
+@pytest.mark.parametrize("check,solution,wrongs", CHECKS, ids=IDS)
+def test_check_passes_on_the_solution(check, solution, wrongs, capsys):
+    assert check(solution) is True
+    assert capsys.readouterr().out.startswith("pass:")
+
+
+@pytest.mark.parametrize("check,solution,wrongs", CHECKS, ids=IDS)
+def test_check_fails_on_the_stub_with_a_hint(check, solution, wrongs, capsys):
+    assert check(stub) is False
+    out = capsys.readouterr().out
+    assert out.startswith("not yet:") and "Hint:" in out
+
+
+@pytest.mark.parametrize("check,solution,wrongs", CHECKS, ids=IDS)
+def test_check_fails_on_planted_wrong_answers(check, solution, wrongs, capsys):
+    for wrong in wrongs:
+        assert check(wrong) is False, wrong.__name__
+        out = capsys.readouterr().out
+        assert out.startswith("FAIL") and "expected:" in out and "hint:" in out, (wrong.__name__, out)
+
+
+def test_a_crashing_answer_is_reported_with_its_case(capsys):
+    assert course.check_gaze_scores(lambda m: m[9, 9]) is False
+    out = capsys.readouterr().out
+    assert out.startswith("FAIL gaze scores, case 1") and "IndexError" in out
+
+
+def test_every_listed_check_exists():
+    for names in course.EXERCISES.values():
+        for n in names:
+            assert callable(getattr(course, n))
