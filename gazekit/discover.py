@@ -25,7 +25,7 @@ from gazekit.models.vlm import LayoutMismatch
 from gazekit.steer import Head
 
 
-CONTROL_POOLS = ("below-median", "reference")
+CONTROL_POOLS = ("below-median", "reference", "image-matched")
 
 
 class ControlHeads(list):
@@ -42,6 +42,9 @@ class ControlHeads(list):
     @property
     def description(self) -> str:
         """One line for tables: e.g. "7 of 23 heads scoring <= median (0.098), excluding the top 7; seed 0"."""
+        if self.pool == "image-matched":
+            return (f"{len(self)} of {self.pool_size} heads with image share >= 0.5 scoring <= {self.cutoff:.4g} "
+                    f"(their median), excluding the top {self.requested}; seed {self.seed}")
         what = {"reference": "the reference's percentile rule", "below-median": "median"}.get(self.pool, "any")
         return (f"{len(self)} of {self.pool_size} heads scoring <= {self.cutoff:.4g} ({what}), excluding the top "
                 f"{self.requested}; seed {self.seed}")
@@ -82,6 +85,15 @@ class GazeScores:
         order = sorted(range(flat.size), key=lambda i: (-flat[i], i))
         return [Head(i // H, i % H) for i in order]
 
+    def image_share(self) -> np.ndarray:
+        """[L, H]: each head's attention on the whole image (the six panels together) from the last prompt token,
+        averaged over the six panel questions: the row sums of `matrix`, averaged. 1 = all of its attention on the
+        image, 0 = none (the raw gaze score can never exceed it)."""
+        if self.matrix is None or not np.asarray(self.matrix).size:
+            raise ValueError("these scores have no 6x6 matrices (loaded from a ranking JSON?): the image share needs "
+                             "them; load the .gazekit.npz sidecar or rerun gazekit.discover")
+        return np.asarray(self.matrix).sum(-1).mean(-1)
+
     def top(self, k: int) -> list[Head]:
         """The k heads with the highest gaze score."""
         total = self.scores.size
@@ -102,7 +114,12 @@ class GazeScores:
             percentile)`` (default 5; the reference's trajectory control uses 50); a ``torch.randperm`` over them
             with ``torch.Generator().manual_seed(seed)``; the first min(k, candidates) of that permutation. It
             may return FEWER than k heads (with 1,152 heads and the 5th percentile, ~57 for k = 100) and warns
-            when it does."""
+            when it does.
+        pool="image-matched": a control matched on image attention: the heads outside the top k that put at least
+            half their attention on the image (`image_share() >= 0.5`, like the gaze heads) and, of those, the half
+            with the lower gaze score (<= their median): heads that look at the image but not at the panel the
+            question names. k drawn at random (``default_rng(seed)``); warns when the pool holds fewer than 2k
+            heads, raises when it holds fewer than k. ``percentile`` moves the score cutoff (default 50)."""
         import warnings
 
         total = self.scores.size
@@ -131,6 +148,24 @@ class GazeScores:
                               f"excluded) holds {len(candidates)} heads: returning {len(picked)}, not {k} "
                               "(not size-matched; pool='below-median' draws k)", stacklevel=2)
             return ControlHeads(picked, "reference", len(candidates), cutoff, seed, k)
+        if pool == "image-matched":
+            share = self.image_share()
+            looking = [h for h in self.ranking() if h not in exclude and float(share[h]) >= 0.5]
+            if not looking:
+                raise ValueError(f"no head outside the top {k} puts half its attention on the image: no "
+                                 "image-matched control; use pool='below-median'")
+            cutoff = float(np.percentile([self.scores[h] for h in looking],
+                                         50.0 if percentile is None else float(percentile)))
+            candidates = [h for h in looking if float(self.scores[h]) <= cutoff]
+            if len(candidates) < k:
+                raise ValueError(f"only {len(candidates)} heads outside the top {k} look at the image (share >= 0.5) "
+                                 f"and score <= {cutoff:.4g}: too few for {k} image-matched heads; lower k")
+            if len(candidates) < 2 * k:
+                warnings.warn(f"the image-matched pool holds {len(candidates)} heads, fewer than 2k = {2 * k}: the "
+                              "draws overlap heavily", stacklevel=2)
+            rng = np.random.default_rng(seed)
+            pick = sorted(rng.choice(len(candidates), size=k, replace=False).tolist())
+            return ControlHeads([candidates[i] for i in pick], "image-matched", len(candidates), cutoff, seed, k)
         cutoff = float(np.percentile(finite, 50.0 if percentile is None else float(percentile)))
         candidates = [h for h in self.ranking() if h not in exclude and float(self.scores[h]) <= cutoff]
         name = "below-median"

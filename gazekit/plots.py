@@ -55,13 +55,15 @@ def plot_head_matrix(scores, head, ax=None):
     return ax
 
 
-def plot_trajectory(traj, weighted: bool = False, ax=None, title: Optional[str] = None):
-    """Staircase figure: mean attention of the tracked heads over regions at each generated token."""
+def plot_trajectory(traj, weighted: bool = False, ax=None, title: Optional[str] = None,
+                    vmax: Optional[float] = None):
+    """Staircase figure: mean attention of the tracked heads over regions at each generated token. vmax: the top of
+    the colour scale (default: the largest value); give two figures the same vmax to compare them."""
     plt = _plt()
     if ax is None:
         _, ax = plt.subplots(figsize=(max(5, 0.32 * len(traj.tokens) + 2), 3.0))
     m = traj.mean(weighted).T  # [R, T]
-    im = ax.imshow(m, aspect="auto", cmap="viridis", vmin=0, origin="lower")
+    im = ax.imshow(m, aspect="auto", cmap="viridis", vmin=0, vmax=vmax, origin="lower")
     ax.set_yticks(range(m.shape[0]))
     ax.set_yticklabels([str(n) for n in traj.region_names] or [str(i + 1) for i in range(m.shape[0])])
     ax.set_ylabel("panel")
@@ -70,7 +72,9 @@ def plot_trajectory(traj, weighted: bool = False, ax=None, title: Optional[str] 
     ax.plot(m.argmax(0), color="white", lw=1, marker=".", ms=3)
     ax.set_title(title or f"attention of {len(traj.heads)} heads while generating"
                  + (" (value-weighted)" if weighted else ""))
-    ax.figure.colorbar(im, ax=ax, fraction=0.03, pad=0.01)
+    ax.set_xlabel("generated token")
+    ax.figure.colorbar(im, ax=ax, fraction=0.03, pad=0.01,
+                       label="value-weighted attention" if weighted else "attention (mean over heads)")
     ax.figure.tight_layout()
     return ax.figure
 

@@ -34,10 +34,11 @@ class Trajectory:
         """[T]: 0-based region with the most mean attention at each token."""
         return self.mean(weighted).argmax(axis=-1)
 
-    def plot(self, weighted: bool = False, ax=None, title: Optional[str] = None):
+    def plot(self, weighted: bool = False, ax=None, title: Optional[str] = None, vmax: Optional[float] = None):
+        """The staircase figure (`gazekit.plots.plot_trajectory`); vmax fixes the top of the colour scale."""
         from gazekit.plots import plot_trajectory
 
-        return plot_trajectory(self, weighted=weighted, ax=ax, title=title)
+        return plot_trajectory(self, weighted=weighted, ax=ax, title=title, vmax=vmax)
 
 
 @torch.no_grad()

@@ -37,7 +37,9 @@ def plot_results(res, ax=None, by: str = "condition"):
 
     sns.set_theme(style="whitegrid", context="notebook")
     metric_name = "mentions the boxed object" if res.metric == "mentioned" else "answers describing the target panel"
-    chance = CHANCE if res.metric == "hit" else None
+    # dynamic: a derangement never schedules a panel in its own place, so "1/6" is no baseline there; the
+    # unsteered bar (0 by construction) is the baseline to read against
+    chance = CHANCE if res.metric == "hit" and res.protocol != "dynamic" else None
     if res.protocol == "k_sweep" and by == "condition":
         return _plot_sweep(res, ax, chance)
     if by == "panel":

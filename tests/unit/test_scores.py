@@ -35,6 +35,27 @@ def test_controls_are_drawn_below_the_median_and_widen_only_for_large_k():
     assert wide.pool == "outside-top-k" and wide.pool_size == 20 and not set(wide) & set(s.top(12))
 
 
+def test_image_matched_control_looks_at_the_image_but_not_at_the_asked_panel():
+    m = np.zeros((2, 8, 6, 6))
+    m[0, 0] = m[0, 1] = np.eye(6) * 0.9  # two gaze heads: image share 0.9, score 0.9
+    for h, bonus in zip(range(2, 8), [0.0, 0.01, 0.02, 0.03, 0.04, 0.05]):
+        m[0, h] = np.full((6, 6), 0.9 / 6) + np.eye(6) * bonus  # look at the image, spread over the panels
+    m[1] = np.full((8, 6, 6), 0.05 / 6)  # ignore the image: the lowest gaze scores of all
+    s = GazeScores.from_matrix(m)
+    np.testing.assert_allclose(s.image_share()[0, 2:], 0.9 + np.array([0.0, 0.01, 0.02, 0.03, 0.04, 0.05]))
+    np.testing.assert_allclose(s.image_share()[1], 0.05)
+    # looking heads outside the top 2: L0.H2..H7; their median score lies between H4 and H5 -> pool H2, H3, H4
+    with pytest.warns(UserWarning, match="holds 3 heads, fewer than 2k = 4"):
+        c = s.controls(2, pool="image-matched", seed=0)
+    assert c.pool == "image-matched" and c.pool_size == 3 and len(c) == 2
+    assert set(c) <= {Head(0, 2), Head(0, 3), Head(0, 4)}
+    assert "image share >= 0.5" in c.description
+    with pytest.raises(ValueError, match="too few for 4 image-matched heads"):
+        s.controls(4, pool="image-matched", seed=0)
+    with pytest.raises(ValueError, match="no 6x6 matrices"):
+        GazeScores(matrix=None, scores=s.scores).image_share()
+
+
 def test_save_load_roundtrip_and_reference_json(tmp_path):
     s = _scores()
     p = s.save(tmp_path / "ranking.json")
