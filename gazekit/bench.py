@@ -1,7 +1,8 @@
 """`python -m gazekit.bench` — gazekit against the paper's reference recipe, side by side, on your hardware.
 
-    python -m gazekit.bench --quick                       # ~4.5 min: 2 repeats, 16-token generations
-    python -m gazekit.bench                               # ~5.5 min on one CPU thread: 3 repeats, 32 tokens
+    python -m gazekit.bench --quick --no-evaluation       # ~4.5 min: 2 repeats, 16-token generations
+    python -m gazekit.bench                               # 3 repeats, 32 tokens; with the evaluation pairs ~20-40 min
+    python -m gazekit.bench --models qwen2vl-2b-dims --repeats 1   # real dimensions: ~90 min on one CPU thread
     python -m gazekit.bench --device cuda                 # on a GPU (default when one is visible)
 
 or from a notebook: `gazekit.bench.run(quick=True)` (returns the dict it writes as JSON). The exit status is 0 even
