@@ -76,7 +76,8 @@ class SteeringApp:
         self.upload.observe(lambda ch: self._guard(lambda: self.load_uploads(ch["new"])), "value")
         self.k_slider = w.IntSlider(value=min(int(k), kmax), min=1, max=kmax, description="K heads",
                                     continuous_update=False)
-        self.condition_buttons = w.ToggleButtons(options=list(CONDITIONS), value=condition, description="heads")
+        self.condition_buttons = w.ToggleButtons(options=list(CONDITIONS), value=condition, description="heads",
+                                                 style={"button_width": "auto"})
         self.k_slider.observe(lambda _c: self._guard(self._refresh), "value")
         self.condition_buttons.observe(lambda _c: self._guard(self._refresh), "value")
         self._panels = w.HBox()

@@ -12,6 +12,7 @@ Screenshots go to $GAZEKIT_ARTIFACTS/browser_app (default tmp/artifacts/browser_
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -172,6 +173,8 @@ def test_clicking_a_panel_steers_the_answer(app_url, page, expected):
     expect(info).to_contain_text(f"top-{K} gaze heads toward panel 3")
     expect(answer).to_have_text(expected[3])
     expect(info).to_contain_text("judge: describes")
+    # the clicked button turns red once the redraw (figure included) is done: screenshot the finished state
+    expect(page.locator("button.gazekit-panel-3")).to_have_class(re.compile("mod-danger"))
     page.screenshot(path=shots / "02_panel3.png")
 
     page.locator("button.gazekit-panel-5").click()
@@ -185,5 +188,6 @@ def test_clicking_a_panel_steers_the_answer(app_url, page, expected):
     page.get_by_role("button", name="unsteered", exact=True).click()
     expect(info).to_contain_text("steering: none")
     expect(answer).to_have_text(expected["none"])
+    expect(page.locator("button.mod-danger")).to_have_count(0)
     page.screenshot(path=shots / "03_unsteered_again.png")
     print(f"test body took {time.monotonic() - t0:.1f} s; screenshots in {shots}")
