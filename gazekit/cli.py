@@ -1,4 +1,4 @@
-"""Command line: ``python -m gazekit discover|vqa|narration|dynamic|sweep|boxes ...``.
+"""Command line: ``python -m gazekit discover|vqa|narration|dynamic|sweep|boxes|app ...``.
 
 Each experiment command loads a model (default: the embedded comic organism), takes gaze heads from a ranking file
 (or discovers them first and writes ``ranking.json``), runs the protocol with a resumable JSONL log in ``--out`` and
@@ -228,6 +228,25 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--categories", default=None, help="comma-separated COCO category names (default: all)")
     b.add_argument("--scenes", default=None, help="instead of COCO: 'synthetic:N:SEED' synthetic strips as scenes "
                                                  "whose panels are boxes named by their captions (for the organism)")
+
+    from gazekit import app as steering_app  # stdlib-only at import: cheap
+    ap = sub.add_parser("app", help="the local steering app: a Voilà page on 127.0.0.1 (see gazekit.app)",
+                        description="Click a panel to steer the model toward it; pick K and the head condition; "
+                                    "see the answer, the judge's verdict and the attention bars.")
+    ap.add_argument("--model", default=None, help="Hugging Face model id or local folder (default: the embedded "
+                                                  "comic organism)")
+    ap.add_argument("--quantize", choices=["4bit"], default=None, help="load NF4 4-bit weights with bitsandbytes")
+    ap.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"], help="weights dtype")
+    ap.add_argument("--device-map", default=None, help="accelerate device map, e.g. 'auto'")
+    ap.add_argument("--heads", default=None, help="ranking JSON from `discover` (default: discover on "
+                                                  "--discover-strips when the page opens)")
+    ap.add_argument("--discover-strips", default=steering_app.DEFAULT_DISCOVER_STRIPS, help=STRIPS_HELP)
+    ap.add_argument("--seed", type=int, default=steering_app.DEFAULT_STRIP_SEED,
+                    help=f"the synthetic strip shown first (default {steering_app.DEFAULT_STRIP_SEED})")
+    ap.add_argument("--k", type=int, default=None, help="K heads to start with (default: the model's recommended K)")
+    ap.add_argument("--port", type=int, default=steering_app.DEFAULT_PORT,
+                    help=f"port on 127.0.0.1 (default {steering_app.DEFAULT_PORT})")
+    ap.add_argument("--no-browser", action="store_true", help="do not open a browser")
     return p
 
 
@@ -380,6 +399,11 @@ def remember_config(a, out: Path) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     a = build_parser().parse_args(argv)
+    if a.command == "app":  # serves a page; no run folder
+        from gazekit.app import serve
+        return serve(model=a.model, heads=a.heads, discover_strips=a.discover_strips, seed=a.seed, k=a.k,
+                     port=a.port, open_browser=not a.no_browser, quantize=a.quantize, dtype=a.dtype,
+                     device_map=a.device_map)
     validate_args(a)
     out = Path(a.out or f"runs/{a.command}")
     out.mkdir(parents=True, exist_ok=True)
