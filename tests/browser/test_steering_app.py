@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,61 +23,21 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser._support import (CHROMIUM, CHROMIUM_FLAGS, LOOPBACK, free_port,
+                                     requirements_missing, stop)
+
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-]
-LOOPBACK = ("http://127.0.0.1", "ws://127.0.0.1", "data:", "blob:")
-HOW = ("install Debian's chromium (`apt-get install chromium`, not `playwright install`) and "
-       "`pip install voila playwright` (both in gazekit's [test] extra)")
-
 DISCOVER = ("synthetic:8:5", 8, 5)  # the app's --discover-strips, and the same as (n, seed) for the oracle
 SEED, K = 123, 4
 
 
-def _requirements_missing() -> str:
-    if not (os.path.exists(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
-        return f"no Chromium at {CHROMIUM}: {HOW}"
-    for mod in ("playwright", "voila"):
-        try:
-            __import__(mod)
-        except ImportError:
-            return f"Python package {mod!r} missing: {HOW}"
-    return ""
-
-
-_MISSING = _requirements_missing()
+_MISSING = requirements_missing()
 if _MISSING:
     pytest.skip(_MISSING, allow_module_level=True)
 
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM our own server by pid (the CLI exec'd into Voilà, which shuts its kernel down), then SIGKILL
-    whatever is left of its process group."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +67,7 @@ def expected():
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
     d = tmp_path_factory.mktemp("steering_app")
-    port = _free_port()
+    port = free_port()
     log = d / "app.log"
     cmd = [sys.executable, "-m", "gazekit", "app", "--no-browser", f"--port={port}", f"--seed={SEED}",
            f"--k={K}", f"--discover-strips={DISCOVER[0]}"]
@@ -134,7 +93,7 @@ def app_url(tmp_path_factory):
             time.sleep(0.25)
         yield url
     finally:
-        _stop(proc)
+        stop(proc)
         if proc.returncode not in (0, -signal.SIGTERM, None):
             print(log.read_text()[-3000:])
 

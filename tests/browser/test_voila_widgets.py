@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,20 +24,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser._support import (CHROMIUM, CHROMIUM_FLAGS, LOOPBACK, free_port,
+                                     requirements_missing, stop)
+
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    # resolve no host name except loopback (Voilà's page asks a CDN for a font stylesheet)
-    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-]
-LOOPBACK = ("http://127.0.0.1", "ws://127.0.0.1", "data:", "blob:")
-HOW = ("install Debian's chromium (`apt-get install chromium`, not `playwright install`) and "
-       "`pip install voila playwright` (both in gazekit's [test] extra)")
-
 # the app, as notebook cells; the test recomputes the same things to know what the page must show
 APP_STRIPS = "gazekit.comics.synthetic(8, seed=5)"
 APP_STRIP = "gazekit.comics.synthetic(1, seed=123)[0]"
@@ -50,44 +41,11 @@ APP_CELLS = [
 ]
 
 
-def _requirements_missing() -> str:
-    if not (os.path.exists(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
-        return f"no Chromium at {CHROMIUM}: {HOW}"
-    for mod in ("playwright", "voila"):
-        try:
-            __import__(mod)
-        except ImportError:
-            return f"Python package {mod!r} missing: {HOW}"
-    return ""
-
-
-_MISSING = _requirements_missing()
+_MISSING = requirements_missing()
 if _MISSING:
     pytest.skip(_MISSING, allow_module_level=True)
 
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM our own Voilà by pid (it shuts its kernels down), SIGKILL its process group if anything is left."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # group id == our child's pid (start_new_session)
-            proc.wait(timeout=5)
-    try:
-        os.killpg(proc.pid, 0)
-    except ProcessLookupError:
-        return
-    os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +80,7 @@ def voila_url(tmp_path_factory):
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     app = d / "app.ipynb"
     nbformat.write(nb, app)
-    port = _free_port()
+    port = free_port()
     log = d / "voila.log"
     voila = Path(sys.executable).parent / "voila"
     cmd = [str(voila if voila.exists() else "voila"), str(app), "--no-browser", f"--port={port}",
@@ -148,7 +106,7 @@ def voila_url(tmp_path_factory):
             time.sleep(0.25)
         yield url
     finally:
-        _stop(proc)
+        stop(proc)
         if proc.returncode not in (0, -signal.SIGTERM, None):
             print(log.read_text()[-3000:])
 
