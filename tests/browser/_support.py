@@ -2,10 +2,15 @@
 them, a free port, and stopping a served page's process group."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
+import time
+import urllib.request
+
+import pytest
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = [
@@ -51,3 +56,32 @@ def stop(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+@contextlib.contextmanager
+def served(cmd, *, cwd, env, log, port: int, what: str):
+    """Start `cmd` (a Voilà server on `port`) in its own process group, logging to `log`; yield its URL once it
+    serves a static file (ready without starting a kernel, up to 90 s); stop it after, printing its log's tail if
+    it ended badly."""
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 90
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"{what} exited rc={proc.returncode}:\n{log.read_text()}")
+            try:
+                with urllib.request.urlopen(url + "voila/static/voila.js", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"{what} not ready after 90 s:\n{log.read_text()}")
+            time.sleep(0.25)
+        yield url
+    finally:
+        stop(proc)
+        if proc.returncode not in (0, -signal.SIGTERM, None):
+            print(log.read_text()[-3000:])

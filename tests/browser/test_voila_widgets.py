@@ -15,17 +15,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.browser._support import (CHROMIUM, CHROMIUM_FLAGS, LOOPBACK, free_port,
-                                     requirements_missing, stop)
+from tests.browser._support import (CHROMIUM, CHROMIUM_FLAGS, LOOPBACK, free_port, requirements_missing,
+                                     served)
 
 pytestmark = pytest.mark.browser
 
@@ -87,28 +84,8 @@ def voila_url(tmp_path_factory):
            "--Voila.ip=127.0.0.1", "--show_tracebacks=True"]
     env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
     env.setdefault("OMP_NUM_THREADS", "1")
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=d, start_new_session=True, env=env)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 90
-    try:
-        while True:  # a static file: ready without starting a kernel
-            if proc.poll() is not None:
-                pytest.fail(f"voila exited rc={proc.returncode}:\n{log.read_text()}")
-            try:
-                with urllib.request.urlopen(url + "voila/static/voila.js", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"voila not ready after 90 s:\n{log.read_text()}")
-            time.sleep(0.25)
+    with served(cmd, cwd=d, env=env, log=log, port=port, what="voila") as url:
         yield url
-    finally:
-        stop(proc)
-        if proc.returncode not in (0, -signal.SIGTERM, None):
-            print(log.read_text()[-3000:])
 
 
 @pytest.fixture(scope="module")
