@@ -11,18 +11,6 @@ from gazekit import GazeScores, Scene
 from tests.fixtures import tiny_models as tm
 
 
-@pytest.fixture(scope="module")
-def qwen():
-    model, proc = tm.build("qwen2_vl")
-    return gazekit.load(model, proc)
-
-
-@pytest.fixture(scope="module")
-def llava():
-    model, proc = tm.build("llava")
-    return gazekit.load(model, proc)
-
-
 def test_box_outside_image_or_covering_no_token(qwen):
     strip = tm.make_strip()
     W, H = strip.image.size

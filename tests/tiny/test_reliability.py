@@ -16,18 +16,6 @@ QUESTION = "Describe the third panel."
 
 
 @pytest.fixture(scope="module")
-def qwen():
-    model, proc = tm.build("qwen2_vl")
-    return gazekit.load(model, proc)
-
-
-@pytest.fixture(scope="module")
-def llava():
-    model, proc = tm.build("llava")
-    return gazekit.load(model, proc)
-
-
-@pytest.fixture(scope="module")
 def strip():
     return tm.make_strip()
 
