@@ -149,6 +149,10 @@ def _steering(p: argparse.ArgumentParser, *, tokens: Optional[int], conditions: 
                         "recommended K where it has one), its control sampler and seed 42, decode-only dynamic "
                         "steering, the Claude judge with its prompt unless --judge is given, the baseline-copy "
                         "rule on every target (docs/reference-parity.md)")
+    g.add_argument("--control-pool", default=None, choices=["below-median", "image-matched", "reference"],
+                   help="pool the random control heads are drawn from (default: below-median; reference with "
+                        "--preset reference); image-matched: heads that look at the image but score low, the "
+                        "fairer control")
     if tokens is not None:
         g.add_argument("--max-new-tokens", type=int, default=tokens, help=f"tokens to generate (default {tokens})")
     g.add_argument("--prompt", default=None, help="override the protocol's prompt")
@@ -440,7 +444,7 @@ def _run_command(a, vlm, out: Path) -> int:
     log_path, others = shard_log_paths(out, a.shard)
     log = RunLog(log_path, read_also=others)
     common = dict(conditions=conditions, log=log, shard=a.shard, seed=a.seed, progress=not a.no_progress,
-                  mode=a.mode, strength=a.strength, preset=a.preset)
+                  mode=a.mode, strength=a.strength, preset=a.preset, control_pool=a.control_pool)
     if a.phase is not None:  # else the protocol's (and preset's) default
         common["phase"] = a.phase
     try:

@@ -39,6 +39,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from gazekit.discover import CONTROL_POOLS
 from gazekit.evaluate.runlog import RunLog, in_shard, parse_shard
 from gazekit.evaluate.stats import bootstrap_ci, spearman
 from gazekit.judges import Verdict, get_judge, is_baseline_copy, words
@@ -630,7 +631,8 @@ def vqa(vlm, strips, scores, *, k: Optional[int] = None, conditions: Sequence[st
         log=None, shard=None, max_new_tokens: int = 15, seed: Optional[int] = None, progress: bool = True,
         mode: str = "boost_suppress", strength: float = 1e4, phase: str = "all",
         targets: Sequence[int] = range(1, N_PANELS + 1), question: str = VQA_QUESTION,
-        batch_size: Optional[int] = None, preset: str = "gazekit", control_seeds: int = 3) -> Results:
+        batch_size: Optional[int] = None, preset: str = "gazekit", control_seeds: int = 3,
+        control_pool: Optional[str] = None) -> Results:
     """VQA steering (the paper's main experiment): ask the whole-strip question with every panel as steering
     target, 15 new tokens, and measure how often the answer describes the target panel.
 
@@ -642,22 +644,34 @@ def vqa(vlm, strips, scores, *, k: Optional[int] = None, conditions: Sequence[st
     own target (None: as many as `BATCH_TOKENS` prompt tokens allow, at most `MAX_BATCH_ROWS`; 1 = one at a time;
     lower it if a GPU runs out of memory); seed: the random controls' first
     seed and the bootstrap's (default 0; 42 under the reference preset); control_seeds: draws of the random
-    control (seed, seed + 1, ...); preset: "gazekit" or "reference" (the reference code's protocol, see the
+    control (seed, seed + 1, ...); control_pool: the pool the random control is drawn from, "below-median",
+    "image-matched" (heads that look at the image but do not follow the question: the fairer control) or
+    "reference" (default: the preset's); preset: "gazekit" or "reference" (the reference code's protocol, see the
     module doc). Chance is 1/6. Returns `Results`."""
     return _static_protocol("vqa", vlm, strips, scores, [k], conditions, judge=judge, log=log, shard=shard,
                             max_new_tokens=max_new_tokens, seed=seed, progress=progress, mode=mode,
                             strength=strength, phase=phase, targets=targets, prompt=question, batch_size=batch_size,
-                            preset=preset, control_seeds=control_seeds)
+                            preset=preset, control_seeds=control_seeds, control_pool=control_pool)
+
+
+def _control_pool(preset: str, control_pool: Optional[str]) -> str:
+    """The random control's pool: `control_pool` if given (any of `CONTROL_POOLS`: "below-median",
+    "image-matched", "reference"), else the preset's ("reference" under preset="reference", else "below-median")."""
+    if control_pool is None:
+        return "reference" if preset == "reference" else "below-median"
+    if control_pool not in CONTROL_POOLS:
+        raise ValueError(f"control_pool must be one of {CONTROL_POOLS} or None (the preset's pool), got "
+                         f"{control_pool!r}")
+    return control_pool
 
 
 def _static_protocol(protocol, vlm, strips, scores, ks, conditions, *, judge, seed, preset, control_seeds,
-                     **kw) -> Results:
+                     control_pool=None, **kw) -> Results:
     """vqa / narration / k_sweep: the preset's K, seed, control pool and judge, then `_static`."""
     _check_preset(preset)
     ks = [default_k(vlm, preset=preset) if k is None else int(k) for k in ks]
     seed = _preset_seed(seed, preset)
-    pool = "reference" if preset == "reference" else "below-median"
-    arms = _make_arms(vlm, scores, conditions, ks, seed, control_seeds, pool)
+    arms = _make_arms(vlm, scores, conditions, ks, seed, control_seeds, _control_pool(preset, control_pool))
     res = _static(protocol, vlm, strips, scores, arms, judge=_preset_judge(judge, preset), seed=seed, preset=preset,
                   **kw)
     res.config["k_rule"] = _k_rule(vlm, preset)
@@ -668,14 +682,15 @@ def narration(vlm, strips, scores, *, k: Optional[int] = None, conditions: Seque
               judge=None, log=None, shard=None, max_new_tokens: int = 100, seed: Optional[int] = None,
               progress: bool = True, mode: str = "boost_suppress", strength: float = 1e4, phase: str = "all",
               targets: Sequence[int] = range(1, N_PANELS + 1), prompt: str = NARRATION_PROMPT,
-              batch_size: Optional[int] = None, preset: str = "gazekit", control_seeds: int = 3) -> Results:
+              batch_size: Optional[int] = None, preset: str = "gazekit", control_seeds: int = 3,
+        control_pool: Optional[str] = None) -> Results:
     """Static narration steering: the ambiguous prompt "What is happening in this panel of the comic strip?"
     (unsteered models describe panel 1 or summarise), ~100 new tokens, one target panel for the whole answer.
     Same arguments and scoring as `vqa`."""
     return _static_protocol("narration", vlm, strips, scores, [k], conditions, judge=judge, log=log, shard=shard,
                             max_new_tokens=max_new_tokens, seed=seed, progress=progress, mode=mode,
                             strength=strength, phase=phase, targets=targets, prompt=prompt, batch_size=batch_size,
-                            preset=preset, control_seeds=control_seeds)
+                            preset=preset, control_seeds=control_seeds, control_pool=control_pool)
 
 
 def default_ks(vlm) -> list[int]:
@@ -693,7 +708,8 @@ def k_sweep(vlm, strips, scores, ks: Optional[Sequence[int]] = None, *,
             mode: str = "boost_suppress", strength: float = 1e4, phase: str = "all",
             targets: Sequence[int] = range(1, N_PANELS + 1), question: str = VQA_QUESTION,
             batch_size: Optional[int] = None,
-            preset: str = "gazekit", control_seeds: int = 3) -> Results:
+            preset: str = "gazekit", control_seeds: int = 3,
+        control_pool: Optional[str] = None) -> Results:
     """VQA steering accuracy as a function of the number of heads K (paper: ~36% at K=5, 83% at K=100, lower
     again for much larger K). Runs the top-K (and random) condition for every K in `ks` (default `default_ks`),
     plus the unsteered baseline once. `.plot()` draws accuracy against K."""
@@ -701,7 +717,7 @@ def k_sweep(vlm, strips, scores, ks: Optional[Sequence[int]] = None, *,
     res = _static_protocol("k_sweep", vlm, strips, scores, ks, conditions, judge=judge, log=log, shard=shard,
                            max_new_tokens=max_new_tokens, seed=seed, progress=progress, mode=mode,
                            strength=strength, phase=phase, targets=targets, prompt=question, batch_size=batch_size,
-                           preset=preset, control_seeds=control_seeds)
+                           preset=preset, control_seeds=control_seeds, control_pool=control_pool)
     res.config["ks"] = ks
     return res
 
@@ -779,7 +795,8 @@ def dynamic(vlm, strips, scores, *, k: Optional[int] = None, conditions: Sequenc
             every: Optional[int] = 50, judge=None, log=None, shard=None, max_new_tokens: Optional[int] = None,
             seed: Optional[int] = None, progress: bool = True, mode: str = "boost_suppress", strength: float = 1e4,
             phase: Optional[str] = None, prompt: Optional[str] = None, preset: str = "gazekit",
-            control_seeds: int = 3) -> Results:
+            control_seeds: int = 3,
+        control_pool: Optional[str] = None) -> Results:
     """Dynamic narration: while the model narrates, the steering target walks along a seeded random derangement of
     the six panels (no panel in its own position), switching every `every` decode steps (the paper: 50) or, with
     ``every=None``, after each caption/sentence the model completes. Each segment of text is judged; the table has
@@ -808,8 +825,7 @@ def dynamic(vlm, strips, scores, *, k: Optional[int] = None, conditions: Sequenc
     shard = parse_shard(shard)
     judge = get_judge(judge, strips)
     log = _open_log(log)
-    arms = _make_arms(vlm, scores, conditions, [k], seed, control_seeds,
-                      "reference" if reference else "below-median")
+    arms = _make_arms(vlm, scores, conditions, [k], seed, control_seeds, _control_pool(preset, control_pool))
     schedules = _reference_derangements(len(strips), seed) if reference else None
     mine = [(i, s) for i, s in enumerate(strips) if in_shard(i, shard)]
     pbar = _tqdm(len(mine) * len(arms), "dynamic", progress)
@@ -908,7 +924,8 @@ def mentions(text: str, name: str, synonyms: Sequence[str] = ()) -> bool:
 def boxes(vlm, scenes, scores, *, k: Optional[int] = None, conditions: Sequence[str] = ("unsteered", "top", "random"),
           log=None, shard=None, prompt: str = BOX_PROMPT, max_new_tokens: int = 30, seed: Optional[int] = None,
           progress: bool = True, mode: str = "boost_suppress", strength: float = 1e4, phase: str = "all",
-          synonyms: Optional[dict] = None, preset: str = "gazekit", control_seeds: int = 3) -> Results:
+          synonyms: Optional[dict] = None, preset: str = "gazekit", control_seeds: int = 3,
+        control_pool: Optional[str] = None) -> Results:
     """Steering to a box in a natural image (`Scene`s, e.g. from `gazekit.scenes.from_coco`): for every scene and
     every named box, steer toward the box and check whether the answer mentions the box's name; the unsteered
     answer is scored against the same names. The paper: steering "more than doubles" the mention rate.
@@ -923,8 +940,7 @@ def boxes(vlm, scenes, scores, *, k: Optional[int] = None, conditions: Sequence[
     shard = parse_shard(shard)
     log = _open_log(log)
     synonyms = synonyms or {}
-    arms = _make_arms(vlm, scores, conditions, [k], seed, control_seeds,
-                      "reference" if preset == "reference" else "below-median")
+    arms = _make_arms(vlm, scores, conditions, [k], seed, control_seeds, _control_pool(preset, control_pool))
     mine = [(i, s) for i, s in enumerate(scenes) if in_shard(i, shard)]
     steered = [a for a in arms if a.heads is not None]
     pbar = _tqdm(sum(1 + len(steered) * len(s.names) for _, s in mine), "boxes", progress)

@@ -106,6 +106,10 @@ def test_other_commands_run(fake_cli, tmp_path):
                      "--no-progress"]) == 0
     b = pd.read_csv(tmp_path / "b" / "boxes_summary.csv").set_index("condition")
     assert b.loc["top", "accuracy"] == 1.0
+    assert cli.main(["vqa", "--conditions", "random", "--control-pool", "reference", "--out", str(tmp_path / "r")]
+                    + common) == 0
+    r = pd.read_csv(tmp_path / "r" / "vqa.csv")
+    assert set(r["pool"]) == {"reference"}  # --control-pool reaches the sampler (the default pool is below-median)
     with pytest.raises(SystemExit, match="coco"):
         cli.main(["boxes", "--out", str(tmp_path / "b2"), "--heads", str(ranking), "--no-progress"])
     with pytest.raises(SystemExit, match="discover"):

@@ -204,3 +204,23 @@ def test_batch_refused_falls_back(fake, strips, monkeypatch):
     monkeypatch.setattr(vlm, "ask_batch", refuse)
     res = vqa(vlm, strips[:3], scores, conditions=("unsteered", "top"), batch_size=8, progress=False)
     assert res.accuracy("top") == 1.0 and vlm.calls == 3 * 7
+
+
+@pytest.mark.filterwarnings("ignore:the image-matched pool holds")
+def test_control_pool_option_draws_from_the_named_pool(fake, strips):
+    from gazekit.discover import GazeScores
+    vlm, gaze = fake
+    m = np.array(gaze.matrix, copy=True)
+    m[1] += 0.1  # every layer-1 head now puts >= 0.6 of its attention on the image, evenly: image-matched pool
+    scores = GazeScores.from_matrix(m, model_name=vlm.name, n_strips=1)
+    res = vqa(vlm, strips[:1], scores, conditions=("random",), control_pool="image-matched", progress=False)
+    rnd = res.table[res.table.condition == "random"]
+    assert set(rnd["pool"]) == {"image-matched"} and rnd["control_seed"].nunique() == 3
+    for seed in (0, 1, 2):  # each draw is exactly the sampler's, seed by seed
+        drawn = scores.controls(4, pool="image-matched", seed=seed)
+        heads = rnd[rnd.control_seed == seed]["heads"].iloc[0]
+        assert sorted(map(tuple, json.loads(heads))) == sorted(map(tuple, drawn))
+    default = vqa(vlm, strips[:1], scores, conditions=("random",), progress=False)
+    assert set(default.table["pool"]) == {"below-median"}
+    with pytest.raises(ValueError, match="control_pool must be one of"):
+        vqa(vlm, strips[:1], scores, control_pool="bottom", progress=False)
