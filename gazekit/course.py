@@ -14,7 +14,8 @@ from typing import Callable, Optional
 import numpy as np
 
 __all__ = ["check_panel_tokens", "check_gaze_scores", "check_ranking", "check_staircase_break", "check_bias_row",
-           "check_schedule", "check_ranking_agreement", "EXERCISES"]
+           "check_fair_control", "check_schedule", "check_schedule_from_captions", "check_ranking_agreement",
+           "check_box_lift", "EXERCISES"]
 
 
 def _report(name: str, fn: Callable, cases, reference: Callable, same: Callable, hint: str) -> bool:
@@ -140,6 +141,46 @@ def check_bias_row(fn: Callable) -> bool:
                    "target's tokens; the target comes last so it is not overwritten")
 
 
+# -- 04b: a fair control: heads that look at the image but not at the asked-about panel ------------------------------
+def fair_control_pool_reference(matrix, k: int) -> list[tuple[int, int]]:
+    """The heads `GazeScores.controls(k, pool="image-matched")` draws from, as sorted (layer, head) pairs: outside
+    the top k by gaze score, image share (row sums of the 6x6 matrix, averaged) >= 0.5, and gaze score <= the
+    median gaze score of those looking heads."""
+    from gazekit.discover import GazeScores
+
+    g = GazeScores.from_matrix(np.asarray(matrix))
+    share = g.image_share()
+    top = set(g.top(k))
+    looking = [h for h in g.ranking() if h not in top and share[h] >= 0.5]
+    if not looking:
+        return []
+    cutoff = np.median([g.scores[h] for h in looking])
+    return sorted((int(h[0]), int(h[1])) for h in looking if g.scores[h] <= cutoff)
+
+
+def _looking_matrices(seed: int, L: int = 2, H: int = 8) -> np.ndarray:
+    """[L, H, 6, 6] raw mass where some heads look at the image evenly (high share, low score), some follow the
+    question (diagonal), and the rest look at text."""
+    rng = np.random.default_rng(seed)
+    m = _matrices(seed, L, H) * 0.4                                  # mostly text: share < 0.5
+    for l in range(L):
+        for h in rng.choice(H, size=H // 2, replace=False):
+            m[l, h] = rng.uniform(0.09, 0.16, size=(6, 6))            # looks at the image, at every panel
+        m[l, rng.integers(H)] += np.eye(6) * rng.uniform(0.3, 0.6)    # a gaze head
+    return m
+
+
+def check_fair_control(fn: Callable) -> bool:
+    """Exercise 04b: `fn(matrix [L, H, 6, 6], k) -> list of (layer, head)`: the pool of an image-matched control
+    (outside the top k, image share >= 0.5, gaze score <= the median of those heads), in any order."""
+    cases = [(_looking_matrices(s), k) for s, k in ((0, 2), (1, 1), (2, 2), (3, 3))]
+    return _report("fair control pool", fn, cases, fair_control_pool_reference,
+                   lambda g, w: sorted(tuple(map(int, h)) for h in g) == w,
+                   "score = mean of the diagonal; image share = mean over rows of each row's sum; drop the top k "
+                   "first, then keep share >= 0.5, then keep score <= the median score OF THOSE heads (not of all "
+                   "heads)")
+
+
 # -- 05: a switching schedule ----------------------------------------------------------------------------------------
 def schedule_reference(order, every: int) -> dict:
     """The schedule `steer` takes for switching every `every` generated tokens along `order` (1-based panels):
@@ -152,6 +193,36 @@ def check_schedule(fn: Callable) -> bool:
     cases = [([4, 2], 8), ([1, 2, 3, 4, 5, 6], 50), ([6, 1, 3], 5), ([2], 10)]
     return _report("schedule", fn, cases, schedule_reference, lambda g, w: {int(k): int(v) for k, v in g.items()} == w,
                    "the i-th panel of the order starts at token i * every (the first at token 0); keep panels 1-based")
+
+
+# -- 05b: a schedule from captions: the story order you want, as panels ---------------------------------------------
+def schedule_from_captions_reference(captions, story) -> list[int]:
+    """1-based panels, one per sentence of `story`: the panel whose caption shares the most words with the
+    sentence (ties: the earlier panel). `captions` are the strip's six captions in panel order."""
+    from gazekit.judges import words
+
+    panels = []
+    for sentence in story:
+        want = set(words(sentence))
+        overlap = [len(want & set(words(c))) for c in captions]
+        panels.append(int(np.argmax(overlap)) + 1)
+    return panels
+
+
+def check_schedule_from_captions(fn: Callable) -> bool:
+    """Exercise 05b: `fn(captions, story) -> [panel, ...]` (1-based), the target order that makes a narration
+    follow `story`, one sentence per segment; pass it to `steer(vlm, heads, schedule)` via `check_schedule`'s
+    dict."""
+    caps = ["red ball flies", "blue dot sleeps", "green sun runs", "red dot swims", "black ball sleeps",
+            "orange sun flies"]
+    cases = [(caps, ["the green sun runs", "a red ball flies"]),
+             (caps, ["Blue dot sleeps.", "Orange sun flies!", "Red dot swims"]),
+             (caps, ["black ball sleeps", "red ball flies", "blue dot sleeps"]),   # 'ball' alone would be a tie
+             (caps, ["sun flies", "dot sleeps", "red"])]                            # ties go to the earlier panel
+    return _report("schedule from captions", fn, cases, schedule_from_captions_reference,
+                   lambda g, w: [int(p) for p in g] == w,
+                   "compare words, not strings: lower-case, drop punctuation (gazekit.judges.words), count the words "
+                   "a sentence shares with each caption, take the best panel (the first on a tie), 1-based")
 
 
 # -- 06: ranking agreement full vs 4-bit -------------------------------------------------------------------------------
@@ -180,7 +251,34 @@ def check_ranking_agreement(fn: Callable) -> bool:
                    "gazekit.evaluate.stats.spearman); shared = size of the intersection of the two top-k head sets")
 
 
+# -- 07: judging a box experiment honestly --------------------------------------------------------------------------
+def box_lift_reference(name: str, unsteered, steered) -> tuple[float, float, float]:
+    """(mention rate unsteered, mention rate steered, lift = steered / unsteered; NaN when unsteered is 0): a
+    mention is the name as whole words, singular or plural (`gazekit.evaluate.mentions`)."""
+    from gazekit.evaluate import mentions
+
+    base = float(np.mean([mentions(t, name) for t in unsteered]))
+    rate = float(np.mean([mentions(t, name) for t in steered]))
+    return base, rate, (rate / base) if base else float("nan")
+
+
+def check_box_lift(fn: Callable) -> bool:
+    """Exercise 07: `fn(name, unsteered_answers, steered_answers) -> (rate_unsteered, rate_steered, lift)`."""
+    cases = [("dog", ["a dog on grass", "a park", "grass"], ["two dogs", "a dog", "a tree"]),
+             ("cat", ["a catalogue", "the cat", "cats"], ["a cat", "a cat", "educated"]),   # whole words only
+             ("sun", ["sky", "sky"], ["sun", "sunny sky"]),                                 # unsteered 0 -> NaN lift
+             ("bus", ["buses", "a bus"], ["a bus", "trees"])]                               # steering can lower it
+
+    def same(g, w):
+        return len(g) == 3 and all(np.isclose(float(a), b, atol=1e-9, equal_nan=True) for a, b in zip(g, w))
+
+    return _report("box lift", fn, cases, box_lift_reference, same,
+                   "count whole-word mentions (gazekit.evaluate.mentions), not substrings ('cat' is not in "
+                   "'catalogue'); lift = steered rate / unsteered rate, NaN (not inf) when the unsteered rate is 0")
+
+
 # notebook -> the checks its exercises use (docs/teaching.md lists them with the skills they train)
 EXERCISES = {"01": ["check_panel_tokens"], "02": ["check_gaze_scores", "check_ranking"],
-             "03": ["check_staircase_break"], "04": ["check_bias_row"],
-             "05": ["check_schedule"], "06": ["check_ranking_agreement"]}
+             "03": ["check_staircase_break"], "04": ["check_bias_row", "check_fair_control"],
+             "05": ["check_schedule", "check_schedule_from_captions"], "06": ["check_ranking_agreement"],
+             "07": ["check_box_lift"]}

@@ -36,7 +36,9 @@ def plot_results(res, ax=None, by: str = "condition"):
     import seaborn as sns
 
     sns.set_theme(style="whitegrid", context="notebook")
-    metric_name = "mentions the boxed object" if res.metric == "mentioned" else "answers describing the target panel"
+    metric_name = ("mentions the boxed object" if res.metric == "mentioned" else
+                   "segments describing the scheduled panel" if res.protocol == "dynamic" else
+                   "answers describing the target panel")
     # dynamic: a derangement never schedules a panel in its own place, so "1/6" is no baseline there; the
     # unsteered bar (0 by construction) is the baseline to read against
     chance = CHANCE if res.metric == "hit" and res.protocol != "dynamic" else None
@@ -96,8 +98,10 @@ def _plot_sweep(res, ax, chance):
         g = s[s["condition"] == c].sort_values("k")
         if g.empty:
             continue
-        ax.plot(g["k"], g["accuracy"], "o-", color=pal[j], label=NAMES[c])
+        ax.plot(g["k"], g["accuracy"], "o-", color=pal[j], label=f"{NAMES[c]}: describe the target")
         ax.fill_between(g["k"].astype(float), g["ci_low"], g["ci_high"], color=pal[j], alpha=0.2)
+        if "junk_rate" in g.columns and g["junk_rate"].notna().any():  # what the misses are: garbled answers
+            ax.plot(g["k"], g["junk_rate"], ":", color=pal[j], lw=1.2, label=f"{NAMES[c]}: junk answers")
     u = s[s["condition"] == "unsteered"]
     if len(u):
         ax.axhline(float(u["accuracy"].iloc[0]), color=pal[2], lw=1.2, label="unsteered")
@@ -106,7 +110,7 @@ def _plot_sweep(res, ax, chance):
     ax.set_xscale("log")
     ax.set_xlabel("number of steered heads K")
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("answers describing the target panel")
+    ax.set_ylabel("share of answers")
     ax.set_title(f"k_sweep: {res.config.get('model', '')}\n{provenance(res)}", fontsize=9)
     ax.legend(frameon=False, fontsize=8)
     sns.despine(ax=ax)

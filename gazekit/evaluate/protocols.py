@@ -683,7 +683,7 @@ def narration(vlm, strips, scores, *, k: Optional[int] = None, conditions: Seque
               progress: bool = True, mode: str = "boost_suppress", strength: float = 1e4, phase: str = "all",
               targets: Sequence[int] = range(1, N_PANELS + 1), prompt: str = NARRATION_PROMPT,
               batch_size: Optional[int] = None, preset: str = "gazekit", control_seeds: int = 3,
-        control_pool: Optional[str] = None) -> Results:
+              control_pool: Optional[str] = None) -> Results:
     """Static narration steering: the ambiguous prompt "What is happening in this panel of the comic strip?"
     (unsteered models describe panel 1 or summarise), ~100 new tokens, one target panel for the whole answer.
     Same arguments and scoring as `vqa`."""
@@ -709,7 +709,7 @@ def k_sweep(vlm, strips, scores, ks: Optional[Sequence[int]] = None, *,
             targets: Sequence[int] = range(1, N_PANELS + 1), question: str = VQA_QUESTION,
             batch_size: Optional[int] = None,
             preset: str = "gazekit", control_seeds: int = 3,
-        control_pool: Optional[str] = None) -> Results:
+            control_pool: Optional[str] = None) -> Results:
     """VQA steering accuracy as a function of the number of heads K (paper: ~36% at K=5, 83% at K=100, lower
     again for much larger K). Runs the top-K (and random) condition for every K in `ks` (default `default_ks`),
     plus the unsteered baseline once. `.plot()` draws accuracy against K."""
@@ -796,7 +796,7 @@ def dynamic(vlm, strips, scores, *, k: Optional[int] = None, conditions: Sequenc
             seed: Optional[int] = None, progress: bool = True, mode: str = "boost_suppress", strength: float = 1e4,
             phase: Optional[str] = None, prompt: Optional[str] = None, preset: str = "gazekit",
             control_seeds: int = 3,
-        control_pool: Optional[str] = None) -> Results:
+            control_pool: Optional[str] = None) -> Results:
     """Dynamic narration: while the model narrates, the steering target walks along a seeded random derangement of
     the six panels (no panel in its own position), switching every `every` decode steps (the paper: 50) or, with
     ``every=None``, after each caption/sentence the model completes. Each segment of text is judged; the table has
@@ -925,7 +925,7 @@ def boxes(vlm, scenes, scores, *, k: Optional[int] = None, conditions: Sequence[
           log=None, shard=None, prompt: str = BOX_PROMPT, max_new_tokens: int = 30, seed: Optional[int] = None,
           progress: bool = True, mode: str = "boost_suppress", strength: float = 1e4, phase: str = "all",
           synonyms: Optional[dict] = None, preset: str = "gazekit", control_seeds: int = 3,
-        control_pool: Optional[str] = None) -> Results:
+          control_pool: Optional[str] = None) -> Results:
     """Steering to a box in a natural image (`Scene`s, e.g. from `gazekit.scenes.from_coco`): for every scene and
     every named box, steer toward the box and check whether the answer mentions the box's name; the unsteered
     answer is scored against the same names. The paper: steering "more than doubles" the mention rate.

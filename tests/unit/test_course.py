@@ -132,13 +132,73 @@ def ranking_agreement_bottom_k(scores_a, scores_b, k):
     return ranking_agreement(scores_a, scores_b, k)[0], len(top[0] & top[1])
 
 
+def fair_control(matrix, k):  # the solution, written from the exercise text
+    diag = np.diagonal(matrix, axis1=-2, axis2=-1).mean(-1)
+    share = matrix.sum(-1).mean(-1)
+    order = sorted(np.ndindex(diag.shape), key=lambda h: -diag[h])
+    looking = [h for h in order[k:] if share[h] >= 0.5]
+    cutoff = np.median([diag[h] for h in looking])
+    return [h for h in looking if diag[h] <= cutoff]
+
+
+def fair_control_keeps_top_k(matrix, k):
+    diag = np.diagonal(matrix, axis1=-2, axis2=-1).mean(-1)
+    share = matrix.sum(-1).mean(-1)
+    looking = [h for h in np.ndindex(diag.shape) if share[h] >= 0.5]
+    cutoff = np.median([diag[h] for h in looking])
+    return [h for h in looking if diag[h] <= cutoff]
+
+
+def fair_control_median_of_all_heads(matrix, k):
+    diag = np.diagonal(matrix, axis1=-2, axis2=-1).mean(-1)
+    share = matrix.sum(-1).mean(-1)
+    order = sorted(np.ndindex(diag.shape), key=lambda h: -diag[h])
+    return [h for h in order[k:] if share[h] >= 0.5 and diag[h] <= np.median(diag)]
+
+
+def schedule_from_captions(captions, story):
+    from gazekit.judges import words
+    return [1 + int(np.argmax([len(set(words(s)) & set(words(c))) for c in captions])) for s in story]
+
+
+def schedule_from_captions_exact_match(captions, story):
+    return [1 + [c.lower() for c in captions].index(s.lower().strip(".!")) if s.lower().strip(".!") in
+            [c.lower() for c in captions] else 1 for s in story]
+
+
+def schedule_from_captions_zero_based(captions, story):
+    return [p - 1 for p in schedule_from_captions(captions, story)]
+
+
+def box_lift(name, unsteered, steered):
+    from gazekit.evaluate import mentions
+    base = np.mean([mentions(t, name) for t in unsteered])
+    rate = np.mean([mentions(t, name) for t in steered])
+    return base, rate, rate / base if base else float("nan")
+
+
+def box_lift_substring(name, unsteered, steered):
+    base = np.mean([name in t for t in unsteered])
+    rate = np.mean([name in t for t in steered])
+    return base, rate, rate / base if base else float("nan")
+
+
+def box_lift_inf(name, unsteered, steered):
+    base, rate, _ = box_lift(name, unsteered, steered)
+    return base, rate, rate / base if base else float("inf")
+
+
 CHECKS = [
     (course.check_panel_tokens, panel_tokens, [panel_tokens_off_by_one, panel_tokens_inclusive]),
     (course.check_gaze_scores, gaze_scores, [gaze_scores_renormalised, gaze_scores_sum]),
     (course.check_ranking, ranking, [ranking_ascending, ranking_unstable_ties]),
     (course.check_staircase_break, staircase_break, [staircase_break_early, staircase_break_on_change]),
     (course.check_bias_row, bias_row, [bias_row_touches_text, bias_row_target_overwritten]),
+    (course.check_fair_control, fair_control, [fair_control_keeps_top_k, fair_control_median_of_all_heads]),
     (course.check_schedule, schedule, [schedule_one_based_tokens, schedule_zero_based_panels]),
+    (course.check_schedule_from_captions, schedule_from_captions,
+     [schedule_from_captions_exact_match, schedule_from_captions_zero_based]),
+    (course.check_box_lift, box_lift, [box_lift_substring, box_lift_inf]),
     (course.check_ranking_agreement, ranking_agreement, [ranking_agreement_pearson, ranking_agreement_bottom_k]),
 ]
 IDS = [c[0].__name__ for c in CHECKS]
@@ -175,3 +235,14 @@ def test_every_listed_check_exists():
     for names in course.EXERCISES.values():
         for n in names:
             assert callable(getattr(course, n))
+
+
+@pytest.mark.filterwarnings("ignore:the image-matched pool holds")
+def test_fair_control_pool_is_the_pool_gazekit_draws_from():
+    from gazekit.discover import GazeScores
+    for seed, k in ((0, 2), (1, 1), (2, 2), (3, 3)):
+        m = course._looking_matrices(seed)
+        pool = course.fair_control_pool_reference(m, k)
+        for draw in range(5):
+            c = GazeScores.from_matrix(m).controls(k, pool="image-matched", seed=draw)
+            assert c.pool_size == len(pool) and {tuple(map(int, h)) for h in c} <= set(pool)

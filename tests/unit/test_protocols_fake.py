@@ -224,3 +224,18 @@ def test_control_pool_option_draws_from_the_named_pool(fake, strips):
     assert set(default.table["pool"]) == {"below-median"}
     with pytest.raises(ValueError, match="control_pool must be one of"):
         vqa(vlm, strips[:1], scores, control_pool="bottom", progress=False)
+
+
+def test_plots_name_what_they_count(fake, strips):
+    import matplotlib.pyplot as plt
+    vlm, scores = fake
+    dyn = dynamic(vlm, strips[:2], scores, every=4, conditions=("unsteered", "top"), progress=False)
+    ax = dyn.plot()
+    assert ax.get_ylabel() == "segments describing the scheduled panel"
+    assert not any("chance" in t.get_text() for t in ax.texts)  # a derangement's baseline is 0, not 1/6
+    sweep = k_sweep(vlm, strips[:2], scores, ks=[1, 2], conditions=("unsteered", "top"), progress=False)
+    ax = sweep.plot()
+    junk = [line for line in ax.get_lines() if line.get_label().endswith(": junk answers")][0]
+    s = sweep.summary()
+    assert list(junk.get_ydata()) == list(s[s.condition == "top"].sort_values("k")["junk_rate"])
+    plt.close("all")
