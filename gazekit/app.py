@@ -106,14 +106,17 @@ class SteeringApp:
 
     @property
     def strip(self):
+        """The strip on screen now (a synthetic one, or the six panels uploaded)."""
         return self.picker.strip
 
     @property
     def k(self) -> int:
+        """The number of heads steered (the K slider)."""
         return int(self.k_slider.value)
 
     @property
     def condition(self) -> str:
+        """The head condition chosen: "top", "random", "all" or "unsteered"."""
         return self.condition_buttons.value
 
     @property
@@ -123,22 +126,27 @@ class SteeringApp:
 
     @property
     def answer(self) -> str:
+        """The model's answer for the current strip, panel and condition."""
         return self.picker.answer
 
     @property
     def verdict(self):
+        """The judge's `Verdict` on the answer (which panel it describes, or junk)."""
         return self.picker.verdict
 
     @property
     def text(self) -> str:
+        """The answer panel's plain text: the steering, the answer and the unsteered answer."""
         return self.picker.text
 
     @property
     def png(self) -> Optional[bytes]:
+        """The attention-bar figure as PNG bytes (None before the first answer)."""
         return self.picker.png
 
     @property
     def status(self) -> str:
+        """The status line as plain text (what the app is doing, or the last error)."""
         return html.unescape(self._status.value)
 
     # -- actions ----------------------------------------------------------------------------------------------

@@ -56,10 +56,12 @@ class Verdict:
         return (not self.failed) and (not self.junk) and self.panel == target
 
     def to_dict(self) -> dict:
+        """The verdict as a JSON-ready dict (how run logs store it)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Verdict":
+        """The verdict `to_dict` wrote (missing fields take their defaults)."""
         return cls(panel=d.get("panel"), junk=bool(d.get("junk", False)), reason=str(d.get("reason", "")),
                    failed=bool(d.get("failed", False)))
 

@@ -178,6 +178,8 @@ class Strip(Scene):
 
     @property
     def token_boxes(self) -> list[Box]:
+        """Boxes that assign image tokens to panels: each panel widened to the middle of the gutter on either
+        side (the first and last to the image edges), so every token cell belongs to exactly one panel."""
         W, H = self.image.size
         out = []
         for i, (x0, _, x1, _) in enumerate(self.panel_boxes):

@@ -217,6 +217,8 @@ def run_all(directory=None, out="figures", *, only=None, inplace: bool = False, 
 
 
 def main(argv=None) -> int:
+    """Command-line entry (`python -m gazekit.tutorials`): see the module doc for the options. Returns the exit
+    status (1 if any notebook failed)."""
     ap = argparse.ArgumentParser(prog="python -m gazekit.tutorials", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="figures", help="folder for the figures (default: figures/)")

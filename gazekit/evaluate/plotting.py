@@ -32,6 +32,10 @@ def provenance(res) -> str:
 
 
 def plot_results(res, ax=None, by: str = "condition"):
+    """Bar chart of a `Results` (what `Results.plot` draws): accuracy with 95% CIs per condition
+    (`by="condition"`), per target panel (`by="panel"`), or accuracy and junk rate against K for a `k_sweep`; the
+    chance line where 1/6 is the baseline; the judge, n and junk rate in the title. ax: axes to draw into (default:
+    a new figure). Returns the axes."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
