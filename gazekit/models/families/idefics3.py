@@ -16,7 +16,7 @@ import re
 import numpy as np
 import torch
 
-from gazekit.models.adapters import Adapter, ImageCells, _grid_centres, register
+from gazekit.models.adapters import Adapter, ImageCells, grid_centres, register
 
 _ROW_COL = re.compile(r"^<row_(\d+)_col_(\d+)>$")
 
@@ -31,6 +31,7 @@ def _runs(pos: torch.Tensor) -> list[torch.Tensor]:
 class Idefics3Adapter(Adapter):
     family = "idefics3"
     model_types = ("idefics3",)
+    full_precision_modules = ("model.vision_model", "model.connector", "lm_head")
     region_note = ("Idefics3/SmolVLM: the image becomes rows x cols tiles (a stretch of the whole image, no crop) "
                    "plus a global thumbnail of the whole image; each tile and the thumbnail give g x g tokens, "
                    "row-major. A region's tokens are the tile tokens AND the thumbnail tokens whose cell centre "
@@ -66,5 +67,5 @@ class Idefics3Adapter(Adapter):
                 box = (c * W / n_cols, r * H / n_rows, (c + 1) * W / n_cols, (r + 1) * H / n_rows)
             else:  # the global thumbnail: the whole image squeezed into one tile
                 box = (0.0, 0.0, float(W), float(H))
-            centres.append(_grid_centres(g, g, box))
+            centres.append(grid_centres(g, g, box))
         return ImageCells(pos, np.concatenate(centres))

@@ -2,7 +2,8 @@
 row-major over `image_grid_thw`), with a windowed vision encoder that restores the original token order."""
 from __future__ import annotations
 
-from gazekit.models.adapters import Qwen2VLAdapter, register
+from gazekit.models.adapters import register
+from gazekit.models.families.qwen2_vl import Qwen2VLAdapter
 
 
 @register

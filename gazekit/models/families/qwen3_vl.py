@@ -2,7 +2,8 @@
 added to the same image-token positions, so regions are unchanged."""
 from __future__ import annotations
 
-from gazekit.models.adapters import Qwen2VLAdapter, register
+from gazekit.models.adapters import register
+from gazekit.models.families.qwen2_vl import Qwen2VLAdapter
 
 
 @register
