@@ -21,6 +21,7 @@ _FEW_TOKENS = 2  # a region with this many image tokens or fewer gets a warning
 
 
 def default_device() -> torch.device:
+    """Where `gazekit.load(path)` puts a model: CUDA when available, else Apple MPS, else the CPU."""
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():

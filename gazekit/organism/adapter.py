@@ -61,13 +61,19 @@ class OrganismAdapter(Adapter):
         return [(i * W / n, 0.0, (i + 1) * W / n, float(H)) for i in range(n)]
 
     def build_inputs(self, images, prompts, scenes):
-        """The processor's inputs with each row's tiles cut at its scene's boxes (see `Adapter.build_inputs`)."""
+        """The processor's inputs with each row's tiles cut at its scene's boxes.
+
+        Args:
+            images, prompts, scenes: as for `Adapter.build_inputs`."""
         texts = [self.chat_text(p) for p in prompts]
         return self.processor(text=texts, images=images, tile_boxes=[self.tile_boxes(s) for s in scenes],
                               return_tensors="pt")
 
     def image_cells(self, inputs, row, scene, fed_size, offset):
-        """Each tile's 2 x 2 patch centres inside its box, tile after tile (see `Adapter.image_cells`)."""
+        """Each tile's 2 x 2 patch centres inside its box, tile after tile.
+
+        Args:
+            inputs, row, scene, fed_size, offset: as for `Adapter.image_cells`."""
         pos = self._image_positions(inputs, row)
         per = self.processor.tokens_per_tile
         g = int(math.isqrt(per))

@@ -15,6 +15,12 @@ from gazekit.models.adapters import Adapter, ImageCells, grid_centres, register
 
 @register
 class Gemma3Adapter(Adapter):
+    """Gemma 3 (`Gemma3ForConditionalGeneration`).
+
+    Args:
+        model: the Gemma 3 model.
+        processor: its `Gemma3Processor` (without pan-and-scan)."""
+
     family = "gemma3"
     model_types = ("gemma3",)
     full_precision_modules = ("model.vision_tower", "model.multi_modal_projector", "lm_head")
@@ -24,6 +30,10 @@ class Gemma3Adapter(Adapter):
                    "cell centre mapped back to the original image.")
 
     def image_cells(self, inputs, row, scene, fed_size, offset):
+        """The g x g pooled cells over the whole (squeezed) image, row-major.
+
+        Args:
+            inputs, row, scene, fed_size, offset: as for `Adapter.image_cells`."""
         pos = self._image_positions(inputs, row)
         n = pos.numel()
         expected = int(getattr(self.model.config, "mm_tokens_per_image", n))

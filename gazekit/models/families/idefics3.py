@@ -29,6 +29,12 @@ def _runs(pos: torch.Tensor) -> list[torch.Tensor]:
 
 @register
 class Idefics3Adapter(Adapter):
+    """Idefics3 (`Idefics3ForConditionalGeneration`) and the base of the SmolVLM adapter.
+
+    Args:
+        model: the Idefics3 model.
+        processor: its `Idefics3Processor`."""
+
     family = "idefics3"
     model_types = ("idefics3",)
     full_precision_modules = ("model.vision_model", "model.connector", "lm_head")
@@ -38,6 +44,11 @@ class Idefics3Adapter(Adapter):
                    "(mapped back to the original image) lies in the region's box.")
 
     def image_cells(self, inputs, row, scene, fed_size, offset):
+        """Each tile's g x g cells inside its tile box (from the `<row_r_col_c>` tag before it) and the global
+        thumbnail's cells over the whole image.
+
+        Args:
+            inputs, row, scene, fed_size, offset: as for `Adapter.image_cells`."""
         pos = self._image_positions(inputs, row)
         ids = inputs["input_ids"][row]
         tok = getattr(self.processor, "tokenizer", self.processor)

@@ -44,7 +44,10 @@ class LlavaAdapter(Adapter):
         return canvas, (float(dx), float(dy))
 
     def image_cells(self, inputs, row, scene, fed_size, offset):
-        """Patch-grid centres over the padded square, shifted back into the original image (see `Adapter`)."""
+        """Patch-grid centres over the padded square, shifted back into the original image.
+
+        Args:
+            inputs, row, scene, fed_size, offset: as for `Adapter.image_cells`."""
         pos = self._image_positions(inputs, row)
         n = pos.numel()
         g = int(math.isqrt(n))

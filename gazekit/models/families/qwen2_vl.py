@@ -28,7 +28,10 @@ class Qwen2VLAdapter(Adapter):
                    "over image_grid_thw; a token belongs to the region containing its block centre.")
 
     def image_cells(self, inputs, row, scene, fed_size, offset):
-        """Merged-block centres, row-major over `image_grid_thw` (see `Adapter`)."""
+        """Merged-block centres, row-major over `image_grid_thw`.
+
+        Args:
+            inputs, row, scene, fed_size, offset: as for `Adapter.image_cells`."""
         pos = self._image_positions(inputs, row)
         t, h, w = (int(v) for v in inputs["image_grid_thw"][row])
         m = int(getattr(self.processor.image_processor, "merge_size", 2))
