@@ -5,6 +5,7 @@ The pipeline, one verb per stage: `load` → `capture` → `discover` → `steer
 from gazekit.capture import capture
 from gazekit.discover import GazeScores, discover
 from gazekit.models import VLM, Prepared, UnsupportedModelError, load, supported_families
+from gazekit import organism as _organism  # noqa: F401,I001 - registers the organism's adapter; load()'s default
 from gazekit.regions import (NARRATION_PROMPT, PANEL_BY_PANEL_PROMPT, REFERENCE_DYNAMIC_PROMPT,
                              REFERENCE_TRAJECTORY_PROMPT, VQA_QUESTION, Scene, Strip, panel_question)
 from gazekit.steer import MODES, Head, RowTargets, SteerSpec, steer

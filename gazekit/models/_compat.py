@@ -22,3 +22,88 @@ def quiet_bitsandbytes_cpu_kernel_warning() -> None:
     logger = logging.getLogger(_BNB_CPU_LOGGER)
     if not any(isinstance(f, _DropOptionalKernelWarning) for f in logger.filters):
         logger.addFilter(_DropOptionalKernelWarning())
+
+
+# -- transformers' model layout, probed once per class ------------------------------------------------------------
+# transformers 4.52 moved the text decoder of every VLM from `model.language_model.model` to
+# `model.model.language_model` (Idefics3/SmolVLM: `model.model.text_model`), moved Qwen-VL's M-RoPE `rope_deltas` from
+# the outer model to its inner `.model`, and aliased LLaVA's `image_token_index` as `image_token_id`. Adapters ask
+# these functions instead of probing attributes themselves; each answer is found once per class and cached.
+_LANGUAGE_MODEL_PATHS = (("model", "language_model"), ("model", "text_model"), ("language_model", "model"),
+                         ("language_model",), ("text_model",))
+_ROPE_DELTAS_OWNERS = (("model",), ())
+_language_model_path: dict[type, tuple[str, ...]] = {}
+_rope_deltas_owner_path: dict[type, tuple[str, ...]] = {}
+_image_token_attribute: dict[type, str] = {}
+
+
+def _follow(obj, path: tuple[str, ...]):
+    for name in path:
+        obj = getattr(obj, name, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def language_model(model):
+    """The text decoder inside a vision-language model: the module whose `.layers` hold one decoder layer each.
+
+    Args:
+        model: a Hugging Face vision-language model (e.g. `LlavaForConditionalGeneration`).
+
+    Returns:
+        the decoder module, or None when no known layout of this transformers version or an earlier one fits
+        (the caller says which model it could not read). The layout is probed once per model class."""
+    cls = type(model)
+    path = _language_model_path.get(cls)
+    if path is None:
+        path = next((p for p in _LANGUAGE_MODEL_PATHS if hasattr(_follow(model, p), "layers")), None)
+        if path is None:
+            return None
+        _language_model_path[cls] = path
+    return _follow(model, path)
+
+
+def rope_deltas(model):
+    """The M-RoPE position offset a Qwen-VL model stored during its last prefill (text after the image continues from
+    it), wherever this transformers version keeps it (the inner `.model` since 4.52, the outer model before).
+
+    Args:
+        model: a Qwen2-VL-class model (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) that has run a forward on a prompt.
+
+    Returns:
+        the stored `rope_deltas` tensor [B, 1].
+
+    Raises:
+        AttributeError: neither layout holds `rope_deltas` (no forward yet, or an unknown layout)."""
+    cls = type(model)
+    path = _rope_deltas_owner_path.get(cls)
+    if path is None:
+        path = next((p for p in _ROPE_DELTAS_OWNERS if getattr(_follow(model, p), "rope_deltas", None) is not None),
+                    None)
+        if path is None:
+            raise AttributeError(f"{cls.__name__} holds no rope_deltas (on .model or itself): run a forward on the "
+                                 "prompt first")
+        _rope_deltas_owner_path[cls] = path
+    return _follow(model, path).rope_deltas
+
+
+def image_token_id(config):
+    """The image placeholder token id from a model config, under either name transformers has used for it
+    (`image_token_id`; `image_token_index` in older LLaVA-style configs).
+
+    Args:
+        config: the model's `PretrainedConfig`.
+
+    Returns:
+        the id as an int, or None when the config names no image token (the caller falls back to the
+        processor's `image_token`). Which attribute holds it is probed once per config class."""
+    cls = type(config)
+    name = _image_token_attribute.get(cls)
+    if name is None:
+        name = next((n for n in ("image_token_id", "image_token_index") if getattr(config, n, None) is not None), None)
+        if name is None:
+            return None
+        _image_token_attribute[cls] = name
+    value = getattr(config, name, None)
+    return None if value is None else int(value)

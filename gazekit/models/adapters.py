@@ -8,12 +8,13 @@ An adapter answers four questions for its family:
      contains the centre,
   4. how to pre-process an image so that no region is lost (e.g. LLaVA centre-crops: we pad to a square instead).
 
-Adding a family = one subclass here (or in `gazekit/models/families/<name>.py`, imported at the bottom of this
-module) decorated with `@register`; see docs/adding-a-family.md.
+This module holds only the base class `Adapter`, the registry (`register`, `supported_families`), the lookup
+(`adapter_class_for`) and small helpers for family modules. Each family is one module in `gazekit/models/families/`
+(imported automatically at the bottom of this module) whose adapter class is decorated with `@register`; a package
+that ships its own model registers its adapter the same way. See docs/adding-a-family.md.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -21,27 +22,77 @@ import numpy as np
 import torch
 from PIL import Image
 
+from gazekit.models import _compat
+
 _REGISTRY: list[type["Adapter"]] = []
 
 
 def register(cls: type["Adapter"]) -> type["Adapter"]:
+    """Class decorator: make `cls` one of the adapters `adapter_class_for` chooses from.
+
+    Args:
+        cls: an `Adapter` subclass with `family` and `model_types` set.
+
+    Returns:
+        `cls` itself (so it can be used as `@register`)."""
+    if not (isinstance(cls, type) and issubclass(cls, Adapter)):
+        raise TypeError(f"register expects an Adapter subclass, got {cls!r}")
+    if not cls.family or not cls.model_types:
+        raise ValueError(f"{cls.__name__} must set `family` (its name) and `model_types` (the config.model_type "
+                         "values it serves) before it is registered")
     _REGISTRY.append(cls)
     return cls
 
 
 def supported_families() -> list[str]:
+    """The names of all registered families, sorted (e.g. ['gemma3', 'idefics3', 'llava', ...])."""
     return sorted({c.family for c in _REGISTRY})
 
 
 class UnsupportedModelError(ValueError):
-    pass
+    """No registered adapter serves this model; the message lists the supported families and how to add one."""
+
+
+def adapter_class_for(config, processor=None) -> type["Adapter"]:
+    """The adapter class for a model, chosen from its config (and its processor, where an adapter needs it).
+
+    Among the registered adapters whose `matches(config, processor)` is true, the one with the highest `priority`
+    wins; of equal priorities the one registered last (so an adapter you register for a built-in model type
+    replaces the built-in). Both load paths call this: `gazekit.load(path)` before it downloads any weights (to
+    refuse an unsupported model at once, and to know which modules stay in full precision in 4-bit), and
+    `gazekit.load(model, processor)`.
+
+    Args:
+        config: the model's `PretrainedConfig` (`model.config`, or `AutoConfig.from_pretrained(path)`).
+        processor: the model's processor, or None when it is not built yet (adapters that match on the processor
+            then do not match).
+
+    Returns:
+        the adapter class; instantiate it as `cls(model, processor)`.
+
+    Raises:
+        UnsupportedModelError: no registered adapter matches; the message lists the supported families and names
+            the fix (an `Adapter` subclass in `gazekit/models/families/`, see docs/adding-a-family.md)."""
+    candidates = [c for c in _REGISTRY if c.matches(config, processor)]
+    if not candidates:
+        model_type = getattr(config, "model_type", None) or type(config).__name__
+        raise UnsupportedModelError(
+            f"gazekit has no adapter for model_type {model_type!r}. Supported families: "
+            f"{', '.join(supported_families())}. To add one, subclass gazekit.models.adapters.Adapter in a module of "
+            "gazekit/models/families/ and decorate it with @register (see docs/adding-a-family.md).")
+    # max() keeps the first of equal keys: walking the registry backwards makes that the one registered last
+    return max(reversed(candidates), key=lambda c: c.priority)
 
 
 @dataclass
 class ImageCells:
     """Image-token positions of one input row and each token's cell centre (x, y) in original image pixels.
 
-    Centres outside the image (e.g. tokens over padding) belong to no region."""
+    Centres outside the image (e.g. tokens over padding) belong to no region.
+
+    Args:
+        positions: LongTensor [N], the image tokens' sequence positions.
+        centres: float array [N, 2], each token's cell centre (x, y) in original image pixels."""
 
     positions: torch.Tensor  # LongTensor [N]
     centres: np.ndarray  # float [N, 2]
@@ -52,10 +103,26 @@ def _chat_messages(prompt: str) -> list[dict]:
 
 
 class Adapter:
-    """Base class. Subclasses set `family`, `model_types` and override what differs."""
+    """Base class of family adapters. Subclasses set `family`, `model_types` (and `full_precision_modules`,
+    `region_note`) and override what differs; see docs/adding-a-family.md.
 
+    Args:
+        model: the Hugging Face model.
+        processor: its processor (tokenizer + image processor)."""
+
+    #: the family's name, as `VLM.family` and `supported_families()` show it
     family: ClassVar[str] = ""
+    #: the `config.model_type` values this adapter serves
     model_types: ClassVar[tuple[str, ...]] = ()
+    #: when several adapters match one model, the highest priority wins: an adapter for a narrower case (one
+    #: processor class of a model type another adapter serves) sets a higher priority than the general one
+    priority: ClassVar[int] = 0
+    #: module names (as `model.named_modules()` gives them; a name covers its submodules) that a 4-bit load keeps
+    #: in full precision: the vision tower, the projector into the text model and the output head. The default
+    #: lists the names transformers 5 uses across families; a family lists exactly its own.
+    full_precision_modules: ClassVar[tuple[str, ...]] = tuple(
+        p + n for n in ("visual", "vision_tower", "vision_model", "multi_modal_projector", "connector")
+        for p in ("", "model.")) + ("lm_head",)
     #: Human-readable note: what counts as a region's tokens in this family.
     region_note: ClassVar[str] = ""
     #: whether the six panel questions may share an encoded image prefix (KV cache) in discovery
@@ -71,54 +138,93 @@ class Adapter:
 
     # -- recognition -------------------------------------------------------------------------------------------
     @classmethod
-    def matches(cls, model, processor) -> bool:
-        return getattr(model.config, "model_type", None) in cls.model_types
+    def matches(cls, config, processor=None) -> bool:
+        """Whether this adapter serves a model (by default: its `config.model_type` is one of `model_types`).
+
+        Args:
+            config: the model's config.
+            processor: the model's processor, or None when not known yet (at `gazekit.load(path)`'s first check).
+        """
+        return getattr(config, "model_type", None) in cls.model_types
+
+    @classmethod
+    def check_processor(cls, processor) -> None:
+        """Refuse a processor that cannot prepare images (e.g. a bare tokenizer, which would pass the lookup and
+        fail much later, at the first image, with a misleading message about boxes).
+
+        Args:
+            processor: the processor given to `gazekit.load`.
+
+        Raises:
+            ValueError: the processor has no image processor; the message names the fix."""
+        if not hasattr(processor, "image_processor"):
+            raise ValueError(f"gazekit.load(model, processor) got a {type(processor).__name__}, which has no "
+                             "image processor: pass the model's processor, e.g. AutoProcessor.from_pretrained(<model "
+                             "id>), not its tokenizer")
 
     # -- model structure ---------------------------------------------------------------------------------------
     @property
     def text_config(self):
+        """The text model's config (`config.get_text_config()`)."""
         return self.model.config.get_text_config()
 
     def language_model(self):
-        inner = getattr(self.model, "model", self.model)
-        for name in ("language_model", "text_model"):
-            if hasattr(inner, name):
-                return getattr(inner, name)
-        raise UnsupportedModelError(f"cannot find the language model inside {type(self.model).__name__}")
+        """The text decoder (the module whose `.layers` are the decoder layers), wherever this transformers
+        version puts it."""
+        found = _compat.language_model(self.model)
+        if found is None:
+            raise UnsupportedModelError(f"cannot find the language model inside {type(self.model).__name__}: "
+                                        "override Adapter.language_model() for this family")
+        return found
 
     def attention_modules(self) -> list[torch.nn.Module]:
+        """One self-attention module per text layer, index = layer."""
         return [layer.self_attn for layer in self.language_model().layers]
 
     @property
     def n_layers(self) -> int:
+        """Number of text layers."""
         return len(self.attention_modules())
 
     @property
     def n_heads(self) -> int:
+        """Query heads per text layer."""
         return int(self.text_config.num_attention_heads)
 
     @property
     def image_token_id(self) -> int:
-        cfg = self.model.config
-        for name in ("image_token_id", "image_token_index"):
-            v = getattr(cfg, name, None)
-            if v is not None:
-                return int(v)
+        """The id of the image placeholder token (from the config, else from the processor's `image_token`)."""
+        found = _compat.image_token_id(self.model.config)
+        if found is not None:
+            return found
         tok = getattr(self.processor, "tokenizer", self.processor)
         return int(tok.convert_tokens_to_ids(self.processor.image_token))
 
     # -- inputs ------------------------------------------------------------------------------------------------
     def preprocess_image(self, image: Image.Image) -> tuple[Image.Image, tuple[float, float]]:
         """Image handed to the processor, and the offset (dx, dy) of the original inside it. Refuses a processor
-        whose centre crop would cut the image (a family that pads to a square overrides this)."""
+        whose centre crop would cut the image (a family that pads to a square overrides this).
+
+        Args:
+            image: the original image (a Strip's or Scene's)."""
         W, H = image.size
-        _refuse_lossy_crop(getattr(self.processor, "image_processor", None), square_input=(W == H))
+        refuse_lossy_crop(getattr(self.processor, "image_processor", None), square_input=(W == H))
         return image, (0.0, 0.0)
 
     def chat_text(self, prompt: str) -> str:
+        """The chat-templated text of one user turn (one image, then `prompt`), with the generation prompt.
+
+        Args:
+            prompt: the question or instruction."""
         return self.processor.apply_chat_template(_chat_messages(prompt), add_generation_prompt=True, tokenize=False)
 
     def build_inputs(self, images: list[Image.Image], prompts: list[str], scenes) -> dict:
+        """The processor's inputs for one (image, prompt) pair per row.
+
+        Args:
+            images: the preprocessed images (`preprocess_image`'s), one per row.
+            prompts: one prompt per row.
+            scenes: the Strips/Scenes the images came from, one per row (for families that tile by region)."""
         texts = [self.chat_text(p) for p in prompts]
         # several prompts: one list of images per prompt (Gemma 3's and SmolVLM's processors refuse a flat list,
         # the others accept both)
@@ -126,7 +232,15 @@ class Adapter:
         return self.processor(text=texts, images=fed, return_tensors="pt", padding=True)
 
     def image_cells(self, inputs, row: int, scene, fed_size: tuple[int, int], offset) -> ImageCells:
-        raise NotImplementedError
+        """Every image-token position of one row and its cell centre in original image pixels (must override).
+
+        Args:
+            inputs: the processor's output (`build_inputs`).
+            row: the batch row.
+            scene: that row's Strip/Scene.
+            fed_size: (width, height) of the image handed to the processor.
+            offset: (dx, dy) of the original image inside the fed one (`preprocess_image`)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement image_cells (see docs/adding-a-family.md)")
 
     def question_inputs(self, prepared, prompts) -> list:
         """For each of `prompts`, the token-aligned inputs (input_ids, attention_mask, token types) of that prompt
@@ -136,7 +250,11 @@ class Adapter:
 
         How: tokenize the chat texts with the image placeholder unexpanded; the old and a new text agree up to some
         token c after the image; `prepared`'s expanded ids end with the old text's tokens from c on (checked), and
-        these are replaced by the new text's."""
+        these are replaced by the new text's.
+
+        Args:
+            prepared: a `Prepared` of one prompt (all rows).
+            prompts: the other prompts to ask about the same images."""
         tok = getattr(self.processor, "tokenizer", None)
         if tok is None or not callable(tok) or len(set(prepared.prompts)) != 1:
             return [None] * len(prompts)
@@ -177,7 +295,13 @@ class Adapter:
     def suffix_inputs(self, prepared, common: int, suffix_ids: torch.Tensor, positions=None) -> dict:
         """Extra inputs for running `suffix_ids` [B, S] on a KV cache that holds the first `common` prompt tokens
         (discovery's shared-prefix path): an attention mask over past + new tokens, plus family extras.
-        `positions` [S] (packed suffixes): each token's position in its own prompt, else common, common + 1, ..."""
+        `positions` [S] (packed suffixes): each token's position in its own prompt, else common, common + 1, ...
+
+        Args:
+            prepared: the `Prepared` whose first `common` tokens are cached.
+            common: the cached prefix length.
+            suffix_ids: LongTensor [B, S] of the tokens to run.
+            positions: optional LongTensor [S] of the suffix tokens' own positions (packed suffixes)."""
         B, S = suffix_ids.shape
         out = {"attention_mask": torch.ones(B, common + S, dtype=torch.long, device=suffix_ids.device)}
         if positions is not None:
@@ -222,7 +346,15 @@ def _lossy_centre_crop(image_processor, square_input: bool):
     return None
 
 
-def _refuse_lossy_crop(image_processor, square_input: bool):
+def refuse_lossy_crop(image_processor, square_input: bool) -> None:
+    """Refuse an image processor whose centre crop would cut off part of the image (for `preprocess_image`).
+
+    Args:
+        image_processor: the processor's image processor (or None: nothing to check).
+        square_input: whether the image handed to it is square (a family that pads to a square passes True).
+
+    Raises:
+        ValueError: the crop would lose pixels; the message names the processor settings that fix it."""
     why = _lossy_centre_crop(image_processor, square_input)
     if why:
         raise ValueError(f"the image processor would cut off the image's borders ({why}), so panels near the edges "
@@ -231,16 +363,16 @@ def _refuse_lossy_crop(image_processor, square_input: bool):
                          "size (e.g. crop_size={'height': S, 'width': S} with size={'shortest_edge': S})")
 
 
-def _is_organism_processor(processor) -> bool:
-    try:
-        from gazekit.organism.processor import ComicTileProcessor
-    except ImportError:
-        return False
-    return isinstance(processor, ComicTileProcessor)
+def grid_centres(rows: int, cols: int, box) -> np.ndarray:
+    """Row-major cell centres of a rows x cols grid laid over a box (for `image_cells`).
 
+    Args:
+        rows: grid rows.
+        cols: grid columns.
+        box: (x0, y0, x1, y1) in image pixels.
 
-def _grid_centres(rows: int, cols: int, box) -> np.ndarray:
-    """Row-major cell centres of a rows x cols grid laid over box (x0, y0, x1, y1)."""
+    Returns:
+        float array [rows * cols, 2] of (x, y) centres, row by row."""
     x0, y0, x1, y1 = box
     ys = y0 + (np.arange(rows) + 0.5) * (y1 - y0) / rows
     xs = x0 + (np.arange(cols) + 0.5) * (x1 - x0) / cols
@@ -248,129 +380,8 @@ def _grid_centres(rows: int, cols: int, box) -> np.ndarray:
     return np.stack([xx.ravel(), yy.ravel()], axis=1)
 
 
-@register
-class LlavaAdapter(Adapter):
-    family = "llava"
-    model_types = ("llava",)
-    region_note = ("LLaVA-1.5: the image is padded to a square (white) so the processor's centre crop loses nothing; "
-                   "the vision tower's patch grid (24x24 at 336 px) gives one token per patch, row-major; a token "
-                   "belongs to the region whose box contains its patch centre; padding tokens belong to none.")
-
-    @classmethod
-    def matches(cls, model, processor) -> bool:
-        return super().matches(model, processor) and not _is_organism_processor(processor)
-
-    def preprocess_image(self, image):
-        # the padding below makes a square, so only a crop smaller than the resize can still lose pixels
-        _refuse_lossy_crop(getattr(self.processor, "image_processor", None), square_input=True)
-        W, H = image.size
-        S = max(W, H)
-        if W == H:
-            return image, (0.0, 0.0)
-        canvas = Image.new("RGB", (S, S), (255, 255, 255))
-        dx, dy = (S - W) // 2, (S - H) // 2
-        canvas.paste(image, (dx, dy))
-        return canvas, (float(dx), float(dy))
-
-    def image_cells(self, inputs, row, scene, fed_size, offset):
-        pos = self._image_positions(inputs, row)
-        n = pos.numel()
-        g = int(math.isqrt(n))
-        if g * g != n:
-            if int(math.isqrt(n - 1)) ** 2 == n - 1:  # vision_feature_select_strategy="full" keeps the CLS token
-                pos, g = pos[1:], int(math.isqrt(n - 1))
-            else:
-                raise ValueError(f"LLaVA adapter expects a square patch grid, got {n} image tokens")
-        S = fed_size[0]
-        centres = _grid_centres(g, g, (0, 0, S, S)) - np.array(offset)
-        return ImageCells(pos, centres)
-
-
-@register
-class Qwen2VLAdapter(Adapter):
-    family = "qwen2_vl"
-    model_types = ("qwen2_vl",)
-    supports_packed_prompt = False  # M-RoPE positions of the image come from the model's own rope index
-    region_note = ("Qwen2-VL family: one image, resized (aspect kept, no crop) to multiples of patch*merge; after "
-                   "the spatial merge each image token covers a merge x merge block of patches, laid out row-major "
-                   "over image_grid_thw; a token belongs to the region containing its block centre.")
-
-    def image_cells(self, inputs, row, scene, fed_size, offset):
-        pos = self._image_positions(inputs, row)
-        t, h, w = (int(v) for v in inputs["image_grid_thw"][row])
-        m = int(getattr(self.processor.image_processor, "merge_size", 2))
-        gh, gw = h // m, w // m
-        if t * gh * gw != pos.numel():
-            raise ValueError(f"{self.family}: {pos.numel()} image tokens but grid {t}x{gh}x{gw} after merge")
-        W, H = scene.image.size
-        return ImageCells(pos, _grid_centres(gh, gw, (0, 0, W, H)))
-
-    def suffix_inputs(self, prepared, common, suffix_ids, positions=None):
-        # M-RoPE: text after the image continues from the prefix's rope delta, on all position axes
-        out = super().suffix_inputs(prepared, common, suffix_ids)
-        out.pop("attention_mask")
-        B, S = suffix_ids.shape
-        delta = self.model.model.rope_deltas
-        if positions is None:
-            positions = torch.arange(common, common + S)
-        pos = positions.to(suffix_ids.device).view(1, 1, -1)
-        pos = pos + delta.to(suffix_ids.device).view(1, -1, 1)[:, :1]
-        n_axes = 3
-        out["position_ids"] = pos.expand(n_axes, B, S)
-        return out
-
-
-@register
-class OrganismAdapter(Adapter):
-    """The embedded comic organism: LLaVA-class, but its processor encodes each panel as its own tile."""
-
-    family = "gazekit-organism"
-    model_types = ("llava",)
-    region_note = ("gazekit organism: each panel (a Strip's panel box; for other images one of six equal columns) is "
-                   "its own tile for the vision tower; a region's tokens are the tokens of the tiles whose 2x2 patch "
-                   "centres fall in its box.")
-
-    @classmethod
-    def matches(cls, model, processor) -> bool:
-        return _is_organism_processor(processor)
-
-    def tile_boxes(self, scene) -> list:
-        from gazekit.regions import Strip
-
-        if isinstance(scene, Strip):
-            return list(scene.panel_boxes)
-        W, H = scene.image.size
-        n = self.processor.n_tiles
-        return [(i * W / n, 0.0, (i + 1) * W / n, float(H)) for i in range(n)]
-
-    def build_inputs(self, images, prompts, scenes):
-        texts = [self.chat_text(p) for p in prompts]
-        return self.processor(text=texts, images=images, tile_boxes=[self.tile_boxes(s) for s in scenes],
-                              return_tensors="pt")
-
-    def image_cells(self, inputs, row, scene, fed_size, offset):
-        pos = self._image_positions(inputs, row)
-        per = self.processor.tokens_per_tile
-        g = int(math.isqrt(per))
-        boxes = self.tile_boxes(scene)
-        if pos.numel() != per * len(boxes):
-            raise ValueError(f"organism: expected {per * len(boxes)} image tokens, found {pos.numel()}")
-        centres = np.concatenate([_grid_centres(g, g, b) for b in boxes])
-        return ImageCells(pos, centres)
-
-
-def adapter_for(model, processor) -> Adapter:
-    # more specific adapters (the organism) are checked first
-    for cls in sorted(_REGISTRY, key=lambda c: c.family != "gazekit-organism"):
-        if cls.matches(model, processor):
-            return cls(model, processor)
-    mt = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
-    raise UnsupportedModelError(
-        f"gazekit has no adapter for model_type {mt!r}. Supported families: {', '.join(supported_families())}. "
-        "To add one, subclass gazekit.models.adapters.Adapter (see docs/adding-a-family.md).")
-
-
-def _load_optional_families():
+def _load_families():
+    """Import every module of gazekit/models/families/: each registers its adapter."""
     import importlib
     import pkgutil
 
@@ -380,4 +391,4 @@ def _load_optional_families():
         importlib.import_module(f"gazekit.models.families.{info.name}")
 
 
-_load_optional_families()
+_load_families()

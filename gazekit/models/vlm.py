@@ -2,19 +2,18 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import warnings
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from PIL import Image
 
-from gazekit.models.adapters import Adapter, ImageCells, UnsupportedModelError, adapter_for
+from gazekit.models.adapters import Adapter, ImageCells, adapter_class_for
 from gazekit.regions import Scene, Strip
 
 ImageLike = Union[Strip, Scene, Image.Image]
@@ -22,6 +21,7 @@ _FEW_TOKENS = 2  # a region with this many image tokens or fewer gets a warning
 
 
 def default_device() -> torch.device:
+    """Where `gazekit.load(path)` puts a model: CUDA when available, else Apple MPS, else the CPU."""
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -199,7 +199,7 @@ class VLM:
 
     def prepare_batch(self, images: Sequence[ImageLike], prompts: Sequence[str]) -> Prepared:
         """Several (image, prompt) pairs in one batch. They must share one token layout (same prompt length and
-        image-token positions), e.g. several strips with one question on the organism."""
+        image-token positions), e.g. several strips with one question on the embedded comic model."""
         if len(images) == 0:
             raise ValueError("prepare_batch needs at least one image")
         if isinstance(prompts, str):
@@ -316,53 +316,76 @@ def _model_state(model) -> _ModelState:
     return state
 
 
-def _embedded_dir() -> Path:
-    from gazekit import organism
+# What `load()` without a model returns: installed by the package that ships the default model (gazekit's own
+# __init__ imports it), so this module needs to know nothing about that model.
+_default_model: Optional[Callable[..., "VLM"]] = None
 
-    return Path(organism.WEIGHTS_DIR)
+
+def set_default_model(loader: Callable[..., "VLM"]) -> None:
+    """Make `loader` what `gazekit.load()` (no model given) calls.
+
+    Args:
+        loader: a function `loader(quantize=None | "4bit", dtype=None | str | torch.dtype) -> VLM`."""
+    global _default_model
+    _default_model = loader
 
 
 def load(model=None, processor=None, *, quantize: Optional[str] = None, device_map=None,
          dtype: Optional[Union[str, torch.dtype]] = None, trust_remote_code: bool = False) -> VLM:
     """Load a VLM for gaze-head work.
 
-    - `load()` — the embedded comic organism shipped with gazekit (seconds; on the GPU when CUDA is available,
-      else the CPU).
+    - `load()` — the small comic model embedded in gazekit (seconds; on the GPU when CUDA is available, else the CPU).
     - `load("Qwen/Qwen2-VL-2B-Instruct")` or a local folder — `from_pretrained`; `dtype` defaults to bfloat16 on
-      CUDA, float16 on Apple MPS, float32 on CPU; `quantize="4bit"` loads NF4 weights with bitsandbytes (vision tower
-      and lm_head kept in full precision); `device_map="auto"` shards across GPUs with accelerate.
+      CUDA, float16 on Apple MPS, float32 on CPU; `quantize="4bit"` loads NF4 weights with bitsandbytes (the
+      family's `full_precision_modules` — vision tower, projector, lm_head — kept in full precision);
+      `device_map="auto"` shards across GPUs with accelerate.
     - `load(model, processor)` — an already loaded Hugging Face model and its processor.
-    """
+
+    Args:
+        model: None, a model id or folder, or a loaded Hugging Face model.
+        processor: the model's processor (required with a loaded model; optional with an id or folder, where
+            `AutoProcessor` builds it).
+        quantize: None, or "4bit" for NF4 weights (bitsandbytes).
+        device_map: passed to `from_pretrained` (e.g. "auto").
+        dtype: the weights' dtype (a torch dtype or its name); default by device, as above.
+        trust_remote_code: passed to `from_pretrained`; never on by default.
+
+    Returns:
+        the `VLM`.
+
+    Raises:
+        UnsupportedModelError: no adapter serves the model (raised before any weights are downloaded)."""
     if quantize not in (None, "4bit"):
         raise ValueError(f"quantize must be None or '4bit', got {quantize!r}")
     if model is None:
-        return _load_embedded(quantize=quantize, dtype=dtype)
+        if _default_model is None:  # pragma: no cover - gazekit's __init__ installs it
+            raise RuntimeError("no default model is installed: pass a model id or folder, or (model, processor)")
+        return _default_model(quantize=quantize, dtype=dtype)
     if isinstance(model, (str, Path)):
         return _load_pretrained(str(model), processor, quantize, device_map, dtype, trust_remote_code)
     if processor is None:
         raise ValueError("pass the model's processor too: gazekit.load(model, processor)")
-    adapter = adapter_for(model, processor)
-    _check_processor(processor)
+    config = getattr(model, "config", None)
+    if config is None:
+        raise TypeError(f"gazekit.load(model, processor) expects a Hugging Face transformers model (with a .config), "
+                        f"got {type(model).__name__}")
+    adapter_cls = adapter_class_for(config, processor)
+    adapter_cls.check_processor(processor)
     if model.training:  # kept as it is: load() must not change the caller's model (issue 26)
         warnings.warn("the model is in training mode (dropout active), so answers and attention are random: call "
                       "model.eval() before gazekit.load(model, processor); gazekit leaves the mode as you set it",
                       UserWarning, stacklevel=2)
-    name = getattr(model.config, "_name_or_path", "") or type(model).__name__
-    return VLM(model, processor, adapter, name=name)
+    name = getattr(config, "_name_or_path", "") or type(model).__name__
+    return VLM(model, processor, adapter_cls(model, processor), name=name)
 
 
-def _check_processor(processor) -> None:
-    """A processor (tokenizer + image processor) is needed; a bare tokenizer passes the adapter lookup and fails
-    much later, at the first image, with a misleading message about boxes."""
-    from gazekit.models.adapters import _is_organism_processor
+def resolve_dtype(dtype, device: torch.device):
+    """The dtype to load weights in: `dtype` itself when given, else bfloat16 (or float16) on CUDA, float16 on
+    Apple MPS, float32 on the CPU.
 
-    if _is_organism_processor(processor) or hasattr(processor, "image_processor"):
-        return
-    raise ValueError(f"gazekit.load(model, processor) got a {type(processor).__name__}, which has no image processor: "
-                     "pass the model's processor, e.g. AutoProcessor.from_pretrained(<model id>), not its tokenizer")
-
-
-def _resolve_dtype(dtype, device: torch.device):
+    Args:
+        dtype: None, a torch dtype, or its name ("float16").
+        device: the device the model will run on."""
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     if dtype is not None:
@@ -374,86 +397,63 @@ def _resolve_dtype(dtype, device: torch.device):
     return torch.float32
 
 
-def _bnb_config(compute_dtype, skip):
+def four_bit_config(adapter_cls: type[Adapter], compute_dtype):
+    """The bitsandbytes NF4 config every gazekit 4-bit load uses: the family's `full_precision_modules` (vision
+    tower, projector, output head) stay in full precision, the text model's linear layers are quantised.
+
+    Args:
+        adapter_cls: the model's adapter class (`adapter_class_for(config, processor)`).
+        compute_dtype: the dtype 4-bit layers compute in.
+
+    Returns:
+        a `transformers.BitsAndBytesConfig`."""
     from transformers import BitsAndBytesConfig
 
     from gazekit.models._compat import quiet_bitsandbytes_cpu_kernel_warning
     quiet_bitsandbytes_cpu_kernel_warning()
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype,
-                              llm_int8_skip_modules=skip)
+                              llm_int8_skip_modules=list(adapter_cls.full_precision_modules))
 
 
-# module-name prefixes/suffixes bitsandbytes must leave in full precision (the vision tower and the output head)
-# transformers 5 matches these from the start of the module's full name (or as its suffix), so the wrappers'
-# "model." prefix is listed too: with bare "visual" a Qwen2-VL's "model.visual.blocks.0.attn.qkv" was quantised.
-_BNB_SKIP = [p + name for name in ("visual", "vision_tower", "vision_model", "multi_modal_projector", "connector")
-             for p in ("", "model.")] + ["lm_head"]
+_PROCESSOR_HINT = ("build the model's processor class yourself and pass it: gazekit.load(path, processor). Qwen-VL and "
+                   "SmolVLM processors also construct a video processor that needs torchvision; without torchvision "
+                   "AutoProcessor returns only the tokenizer or fails")
+
+
+def _auto_processor(path, trust_remote_code):
+    from transformers import AutoProcessor
+
+    try:
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (ImportError, ValueError, OSError) as e:
+        raise ValueError(f"could not build the processor of {path!r} ({e}); {_PROCESSOR_HINT}") from e
+    if not hasattr(processor, "image_processor"):
+        raise ValueError(f"AutoProcessor for {path!r} returned {type(processor).__name__} without an image processor; "
+                         + _PROCESSOR_HINT)
+    return processor
 
 
 def _load_pretrained(path, processor, quantize, device_map, dtype, trust_remote_code) -> VLM:
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoConfig, AutoModelForImageTextToText
 
     cfg = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    adapter_class_for(cfg, processor)  # refuses an unsupported model before anything else is downloaded
+    # the processor before the weights: one that cannot be built fails in seconds, not after a multi-GB download
+    if processor is None:
+        processor = _auto_processor(path, trust_remote_code)
+    adapter_cls = adapter_class_for(cfg, processor)
+    adapter_cls.check_processor(processor)
     device = default_device()
-    dtype = _resolve_dtype(dtype, device)
+    dtype = resolve_dtype(dtype, device)
     kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code)
     if quantize == "4bit":
-        kwargs["quantization_config"] = _bnb_config(dtype, _BNB_SKIP)
+        kwargs["quantization_config"] = four_bit_config(adapter_cls, dtype)
         kwargs["device_map"] = device_map or ("auto" if device.type == "cuda" else str(device))
     elif device_map is not None:
         kwargs["device_map"] = device_map
-    from gazekit.models.adapters import _REGISTRY  # check support before downloading weights
-
-    if not any(getattr(cfg, "model_type", None) in c.model_types for c in _REGISTRY):
-        from gazekit.models.adapters import supported_families
-
-        raise UnsupportedModelError(f"gazekit has no adapter for model_type {cfg.model_type!r}. Supported families: "
-                                    f"{', '.join(supported_families())}. See docs/adding-a-family.md.")
     model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
     if "device_map" not in kwargs:
         model.to(device)
-    hint = ("build the model's processor class yourself and pass it: gazekit.load(path, processor). Qwen-VL and "
-            "SmolVLM processors also construct a video processor that needs torchvision; without torchvision "
-            "AutoProcessor returns only the tokenizer or fails")
-    if processor is None:
-        try:
-            processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
-        except (ImportError, ValueError, OSError) as e:
-            raise ValueError(f"could not build the processor of {path!r} ({e}); {hint}") from e
-    if not hasattr(processor, "image_processor"):
-        raise ValueError(f"AutoProcessor for {path!r} returned {type(processor).__name__} without an image processor; "
-                         + hint)
     model.eval()
-    return VLM(model, processor, adapter_for(model, processor), name=path)
-
-
-def _load_embedded(quantize=None, dtype=None) -> VLM:
-    try:
-        from gazekit.organism import load_organism
-    except ImportError as e:  # pragma: no cover - only while the organism package is missing
-        raise RuntimeError("the embedded organism is not available in this install: " + str(e)) from e
-    # the organism is a few local megabytes: a "Loading weights" progress bar is only noise (and volatile text in
-    # notebook outputs); restore the user's setting afterwards
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        model, processor = load_organism(quantize=quantize) if quantize else load_organism()
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
-    if dtype is not None:
-        model.to(_resolve_dtype(dtype, torch.device("cpu")))
-    if not quantize and torch.cuda.is_available():
-        # where the tutorials say it runs ("on cuda" when a GPU is there); the 4-bit organism stays where
-        # bitsandbytes put it. `vlm.device` (shown in repr) always tells the truth.
-        model.to("cuda")
-    meta = {}
-    meta_path = _embedded_dir() / "gazekit_meta.json"
-    if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-    vlm = VLM(model.eval(), processor, adapter_for(model, processor), name="gazekit/comic-organism",
-              recommended_k=meta.get("recommended_k"), meta=meta)
-    return vlm
+    return VLM(model, processor, adapter_cls(model, processor), name=path)

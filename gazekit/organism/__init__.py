@@ -11,7 +11,13 @@ META_FILE = "gazekit_meta.json"
 
 
 def load_meta(path: str | None = None) -> dict:
-    """The organism's gazekit metadata (recommended_k, default panels, ...)."""
+    """The organism's gazekit metadata (recommended_k, default panels, ...).
+
+    Args:
+        path: a folder of organism weights (default: the shipped ones).
+
+    Returns:
+        the metadata dict ({} when the folder has none)."""
     p = os.path.join(path or WEIGHTS_DIR, META_FILE)
     if not os.path.exists(p):
         return {}
@@ -21,32 +27,79 @@ def load_meta(path: str | None = None) -> dict:
 
 def load_organism(path: str | None = None, quantize: str | None = None):
     """(model, processor) of the organism in `path` (default: the shipped weights), in eval mode, text attention
-    "sdpa". Loads from local files only."""
+    "sdpa". Loads from local files only.
+
+    Args:
+        path: a folder of organism weights (`model.safetensors` + processor files); default the shipped ones.
+        quantize: None, or "4bit": NF4 text model on the CPU, the adapter's `full_precision_modules` kept.
+
+    Raises:
+        FileNotFoundError: no weights in `path`; the message says how to train them."""
     if quantize not in (None, "4bit"):
         raise ValueError(f"quantize must be None or '4bit', got {quantize!r}")
     from transformers import LlavaForConditionalGeneration
 
     from gazekit.organism.processor import ComicTileProcessor
+
     path = path or WEIGHTS_DIR
     if not os.path.exists(os.path.join(path, "model.safetensors")):
         raise FileNotFoundError(f"no organism weights in {path}; train them with "
                                 "`python -m gazekit.organism.train --out DIR` and pass that DIR")
+    processor = ComicTileProcessor.from_pretrained(path)
     kwargs = {}
     if quantize == "4bit":
-        # NF4 for the language model's linear layers (the tutorial's 4-bit path); the vision tower, projector and
-        # output head stay in full precision, as gazekit.load does for real models.
+        # NF4 for the language model's linear layers (the tutorial's 4-bit path); the adapter's full-precision
+        # modules (vision tower, projector, output head) stay as they are, as gazekit.load does for real models
         import torch
-        from transformers import BitsAndBytesConfig
+        from transformers import AutoConfig
 
-        from gazekit.models._compat import quiet_bitsandbytes_cpu_kernel_warning
-        quiet_bitsandbytes_cpu_kernel_warning()
-        kwargs = dict(quantization_config=BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32,
-            llm_int8_skip_modules=["vision_tower", "multi_modal_projector", "lm_head"]), device_map="cpu")
+        from gazekit.models.adapters import adapter_class_for
+        from gazekit.models.vlm import four_bit_config
+
+        adapter_cls = adapter_class_for(AutoConfig.from_pretrained(path, local_files_only=True), processor)
+        kwargs = dict(quantization_config=four_bit_config(adapter_cls, torch.float32), device_map="cpu")
     model = LlavaForConditionalGeneration.from_pretrained(path, local_files_only=True, use_safetensors=True, **kwargs)
     model.set_attn_implementation({"text_config": "sdpa", "vision_config": "sdpa"})
     model.eval()
-    return model, ComicTileProcessor.from_pretrained(path)
+    return model, processor
 
 
-__all__ = ["WEIGHTS_DIR", "load_organism", "load_meta"]
+def load_vlm(quantize: str | None = None, dtype=None):
+    """The shipped organism as a gazekit `VLM` (what `gazekit.load()` returns): on the GPU when CUDA is available
+    (unless 4-bit, which stays where bitsandbytes put it), with its metadata (`recommended_k`, ...).
+
+    Args:
+        quantize: None, or "4bit" (NF4 text model on the CPU).
+        dtype: None (float32), a torch dtype or its name."""
+    import torch
+    # the organism is a few local megabytes: a "Loading weights" progress bar is only noise (and volatile text in
+    # notebook outputs); restore the user's setting afterwards
+    from transformers.utils import logging as hf_logging
+
+    from gazekit.models.vlm import VLM, resolve_dtype
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model, processor = load_organism(quantize=quantize)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    if dtype is not None:
+        model.to(resolve_dtype(dtype, torch.device("cpu")))
+    if not quantize and torch.cuda.is_available():
+        # where the tutorials say it runs ("on cuda" when a GPU is there); the 4-bit organism stays where
+        # bitsandbytes put it. `vlm.device` (shown in repr) always tells the truth.
+        model.to("cuda")
+    meta = load_meta()
+    return VLM(model.eval(), processor, OrganismAdapter(model, processor), name="gazekit/comic-organism",
+               recommended_k=meta.get("recommended_k"), meta=meta)
+
+
+# registers the organism's adapter with gazekit's adapter registry, and makes the organism gazekit.load()'s default
+from gazekit.models.vlm import set_default_model  # noqa: E402
+from gazekit.organism.adapter import OrganismAdapter  # noqa: E402
+
+set_default_model(load_vlm)
+
+__all__ = ["WEIGHTS_DIR", "OrganismAdapter", "load_organism", "load_meta", "load_vlm"]

@@ -542,6 +542,11 @@ def test_4bit_load_captures_and_steers(family, tmp_path, oracle_log):
     assert vlm.family == family.split("-sliding")[0]
     linears = [m for m in vlm.adapter.language_model().modules() if isinstance(m, torch.nn.Linear)]
     assert linears and all(isinstance(m, bnb.nn.Linear4bit) for m in linears)
+    # the adapter's full-precision modules (vision tower, projector, lm_head) are left as they were
+    modules = dict(vlm.model.named_modules())
+    kept = [m for name in vlm.adapter.full_precision_modules for m in modules[name].modules()
+            if isinstance(m, torch.nn.Linear)]
+    assert kept and not any(isinstance(m, bnb.nn.Linear4bit) for m in kept)
 
     want = oracle_capture(vlm, vlm.prepare(strip, QUESTION))
     # Like for like: bitsandbytes' CPU 4-bit kernel turns the tiny eager-vs-sdpa differences of the stock model into

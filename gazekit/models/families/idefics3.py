@@ -16,7 +16,7 @@ import re
 import numpy as np
 import torch
 
-from gazekit.models.adapters import Adapter, ImageCells, _grid_centres, register
+from gazekit.models.adapters import Adapter, ImageCells, grid_centres, register
 
 _ROW_COL = re.compile(r"^<row_(\d+)_col_(\d+)>$")
 
@@ -29,14 +29,26 @@ def _runs(pos: torch.Tensor) -> list[torch.Tensor]:
 
 @register
 class Idefics3Adapter(Adapter):
+    """Idefics3 (`Idefics3ForConditionalGeneration`) and the base of the SmolVLM adapter.
+
+    Args:
+        model: the Idefics3 model.
+        processor: its `Idefics3Processor`."""
+
     family = "idefics3"
     model_types = ("idefics3",)
+    full_precision_modules = ("model.vision_model", "model.connector", "lm_head")
     region_note = ("Idefics3/SmolVLM: the image becomes rows x cols tiles (a stretch of the whole image, no crop) "
                    "plus a global thumbnail of the whole image; each tile and the thumbnail give g x g tokens, "
                    "row-major. A region's tokens are the tile tokens AND the thumbnail tokens whose cell centre "
                    "(mapped back to the original image) lies in the region's box.")
 
     def image_cells(self, inputs, row, scene, fed_size, offset):
+        """Each tile's g x g cells inside its tile box (from the `<row_r_col_c>` tag before it) and the global
+        thumbnail's cells over the whole image.
+
+        Args:
+            inputs, row, scene, fed_size, offset: as for `Adapter.image_cells`."""
         pos = self._image_positions(inputs, row)
         ids = inputs["input_ids"][row]
         tok = getattr(self.processor, "tokenizer", self.processor)
@@ -66,5 +78,5 @@ class Idefics3Adapter(Adapter):
                 box = (c * W / n_cols, r * H / n_rows, (c + 1) * W / n_cols, (r + 1) * H / n_rows)
             else:  # the global thumbnail: the whole image squeezed into one tile
                 box = (0.0, 0.0, float(W), float(H))
-            centres.append(_grid_centres(g, g, box))
+            centres.append(grid_centres(g, g, box))
         return ImageCells(pos, np.concatenate(centres))

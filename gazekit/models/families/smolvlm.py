@@ -7,6 +7,13 @@ from gazekit.models.families.idefics3 import Idefics3Adapter
 
 @register
 class SmolVLMAdapter(Idefics3Adapter):
+    """SmolVLM (`SmolVLMForConditionalGeneration`): the Idefics3 layout;
+    everything but the names comes from `Idefics3Adapter`.
+
+    Args:
+        model: the model.
+        processor: its processor."""
+
     family = "smolvlm"
     model_types = ("smolvlm",)
     region_note = ("SmolVLM: as Idefics3 — rows x cols tiles plus a global thumbnail, g x g tokens each, row-major; "
