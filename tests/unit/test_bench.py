@@ -223,3 +223,18 @@ def test_targets_per_model():
     assert bench.target_for("memory", "qwen2vl-2b-dims") == ("min", 10.0)
     assert bench.target_for("discovery_time", "qwen2vl-2b-dims") == ("min", 6.0)
     assert bench.target_for("capture_overhead", "qwen2vl-tiny") is None
+
+
+def test_the_benchmark_is_not_packaged_and_the_builders_are():
+    """pyproject's package list (what the wheel holds) has gazekit and gazekit.testing, not the benchmark."""
+    import tomllib
+    from pathlib import Path
+
+    from setuptools import find_packages
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = find_packages(where=str(root), include=cfg["include"], exclude=cfg.get("exclude", ()))
+    assert "gazekit" in packages and "gazekit.evaluate" in packages
+    assert not [p for p in packages if p.split(".")[0] in ("benchmarks", "tests")], packages
+    assert (root / "gazekit" / "testing.py").exists() and not (root / "gazekit" / "bench.py").exists()
