@@ -55,7 +55,7 @@ byte-level BPE and Qwen chat template, and the real Qwen2VLImageProcessorPil) â€
 
 `--real-dims` adds `qwen2vl-2b-dims`: random weights at Qwen2-VL-2B's published dimensions (28 layers, 12 query
 heads, hidden 1536, vocabulary 151,936, a 32-block vision tower of width 1280; ~2.2B parameters, 8.9 GB in float32)
-and a 720-token strip prompt; discovery time and extra peak memory only (targets 6x and 10x), one strip. Slow on a
+and a ~730-token strip prompt; discovery time and extra peak memory only (targets 6x and 10x), one strip. Slow on a
 CPU: each reference discovery is six forwards of the whole model.
 
 Timings alternate the two methods of each pair inside one process; ratios are of medians. On a CPU with one torch
@@ -133,7 +133,7 @@ TINY = QWEN2_VL_TINY
 # Real dimensions: Qwen2-VL-2B-Instruct's published config (28 layers, 12 query / 2 key-value heads, hidden 1536,
 # MLP 8960, vocabulary 151,936; vision tower 32 blocks of 1280 with 16 heads, MLP ratio 4) with random weights
 # (~2.2B parameters, ~8.9 GB in float32). Panels 352x256 make a 2142x256 strip -> 9x76 = 684 merged image tokens,
-# ~735 prompt tokens. Only discovery time and memory are measured on it (`REAL_DIMS_ONLY`); opt-in (`--real-dims`).
+# ~730 prompt tokens. Only discovery time and memory are measured on it (`REAL_DIMS_ONLY`); opt-in (`--real-dims`).
 QWEN2VL_2B = QwenSize(hidden=1536, intermediate=8960, layers=28, heads=12, kv_heads=2, vision_depth=32,
                       vision_dim=1280, vision_heads=16, panel_w=352, panel_h=256, vision_mlp_ratio=4, vocab=151936,
                       max_image_tokens=2048, max_positions=4096)
