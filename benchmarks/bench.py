@@ -1127,6 +1127,8 @@ def format_table(results: dict) -> str:
 
 
 def main(argv=None):
+    """The command line (`python -m benchmarks --help`); argv: the arguments (default sys.argv[1:]). Returns 0, also
+    when a target is missed (a measurement, not a test)."""
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer repeats (2) and 16 generated tokens")

@@ -166,10 +166,12 @@ class RunLog:
         self._rows[key] = row
 
     def done(self, key: str) -> bool:
+        """Whether work item `key` has a row that did not fail (a failed judgement is retried)."""
         r = self._rows.get(key)
         return r is not None and not r.get("failed", False)
 
     def get(self, key: str, default=None) -> Optional[dict]:
+        """The latest row of work item `key` (failed or not), else `default`."""
         return self._rows.get(key, default)
 
     def __contains__(self, key) -> bool:
@@ -198,6 +200,7 @@ class RunLog:
         return row
 
     def close(self):
+        """Close the file (and release its lock); the rows read stay available."""
         if self._f is not None and not self._f.closed:
             self._f.close()
 

@@ -461,6 +461,8 @@ def protocol_table(runs: dict, n_strips: int) -> str:
 
 
 def main(argv=None):
+    """The command line (`python -m gazekit.organism.evaluate --help`): the card (default), `--choose-k` or
+    `--protocols`. argv: the arguments (default sys.argv[1:])."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", default=None, help="organism folder (default: the shipped weights)")
     ap.add_argument("--out", default="runs/organism_eval.md", help="markdown table (a .json with every number "
