@@ -36,7 +36,7 @@ test: setup
 	  --nbval --nbval-current-env --nbval-sanitize-with tutorials/nbval_sanitize.cfg --nbval-cell-timeout 600
 
 bench: setup
-	$(BIN)/python -m gazekit.bench
+	$(BIN)/python -m benchmarks
 
 # the distribution students install on Colab (gazekit-vlm, imported as gazekit), with the embedded model inside:
 # dist/gazekit_vlm-<version>-py3-none-any.whl. Needs only pip (which fetches setuptools in an isolated build).

@@ -504,12 +504,11 @@ class ScheduleBuilder(_Widget):
         order = self.order
         if not order:
             return None
-        if self.every > 0:
-            sched = {i * self.every: t for i, t in enumerate(order)}
-            # after the last segment the steering stops: a schedule entry of None means "no target"
-            sched[len(order) * self.every] = None
-            return sched
-        return _SentenceSchedule(order)
+        from gazekit.evaluate import Schedule
+
+        sched = Schedule(order, self.every)
+        # steps mode as a plain dict (steer needs no decoding then); it ends with None: no steering after the last
+        return sched.steps() if self.every > 0 else sched
 
     def set(self, order: Optional[Sequence] = None, every: Optional[int] = None, run: bool = True):
         """Set the segments' targets (a list of panels; the rest are switched off) and/or steps per segment."""
@@ -547,15 +546,13 @@ class ScheduleBuilder(_Widget):
         """The scheduled target of every generated token of the last run (None where not steered)."""
         if self.trajectory is None:
             return []
-        order, every = self.order, self.every
+        from gazekit.evaluate import Schedule
+
+        sched = Schedule(self.order, self.every)
         out = []
         text = ""
         for i, tok in enumerate(self.trajectory.tokens):
-            if every > 0:
-                seg = i // every
-            else:
-                seg = _SentenceSchedule.count(text)
-            out.append(order[seg] if order and seg < len(order) else None)
+            out.append(sched.target_at(i, text))
             text += tok
         return out
 
@@ -611,24 +608,6 @@ class ScheduleBuilder(_Widget):
 
     def __repr__(self):
         return f"ScheduleBuilder(order={self.order}, every={self.every}, answer={self.answer!r})"
-
-
-class _SentenceSchedule:
-    """Steering target for sentence mode: the k-th sentence (counted by . ! ? ; or newline) goes to order[k]."""
-
-    _ENDS = ".!?;\n"
-
-    def __init__(self, order):
-        self.order = list(order)
-        self.__name__ = f"sentences{self.order}"
-
-    @classmethod
-    def count(cls, text: str) -> int:
-        return sum(text.count(c) for c in cls._ENDS)
-
-    def __call__(self, step, text):
-        seg = self.count(text)
-        return self.order[seg] if seg < len(self.order) else None
 
 
 # ----------------------------------------------------------------------------------------------- BoxSelector

@@ -3,11 +3,11 @@
 >>> res = gazekit.evaluate.vqa(vlm, strips, scores, log="runs/vqa.jsonl")
 >>> res.summary(); res.plot(); res.save("runs/vqa")
 """
-from gazekit.evaluate.protocols import (CONDITIONS, PRESETS, Results, boxes, default_k, default_ks, dynamic, k_sweep,
-                                        mentions, narration, reference_spearman, vqa)
-from gazekit.evaluate.runlog import RunLog, in_shard, parse_shard
+from gazekit.evaluate.protocols import (CONDITIONS, PRESETS, Results, Schedule, boxes, default_k, default_ks, dynamic,
+                                        k_sweep, mentions, narration, reference_spearman, vqa)
+from gazekit.evaluate.runlog import RunLog, in_shard, parse_shard, resume_key
 from gazekit.evaluate.stats import CI, bootstrap_ci, spearman
 
-__all__ = ["CI", "CONDITIONS", "PRESETS", "Results", "RunLog", "bootstrap_ci", "boxes", "default_k", "default_ks",
+__all__ = ["CI", "CONDITIONS", "PRESETS", "Results", "RunLog", "Schedule", "bootstrap_ci", "boxes", "default_k", "default_ks",
            "dynamic",
-           "in_shard", "k_sweep", "mentions", "narration", "parse_shard", "reference_spearman", "spearman", "vqa"]
+           "in_shard", "k_sweep", "mentions", "narration", "parse_shard", "reference_spearman", "resume_key", "spearman", "vqa"]

@@ -40,7 +40,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from gazekit.discover import CONTROL_POOLS
-from gazekit.evaluate.runlog import RunLog, in_shard, parse_shard
+from gazekit.evaluate.runlog import RunLog, in_shard, parse_shard, resume_key
 from gazekit.evaluate.stats import bootstrap_ci, spearman
 from gazekit.judges import Verdict, get_judge, is_baseline_copy, words
 from gazekit.regions import (N_PANELS, NARRATION_PROMPT, PANEL_BY_PANEL_PROMPT, REFERENCE_DYNAMIC_PROMPT, VQA_QUESTION,
@@ -48,7 +48,7 @@ from gazekit.regions import (N_PANELS, NARRATION_PROMPT, PANEL_BY_PANEL_PROMPT, 
 from gazekit.steer import RowTargets
 
 __all__ = ["Results", "vqa", "narration", "dynamic", "k_sweep", "boxes", "CONDITIONS", "default_k", "default_ks", "mentions",
-           "derangement", "BOX_PROMPT", "PRESETS", "reference_spearman"]
+           "derangement", "BOX_PROMPT", "PRESETS", "reference_spearman", "Schedule"]
 
 PRESETS = ("gazekit", "reference")
 REFERENCE_SEED = 42  # the reference scripts' DEFAULT_SEED (control sampler, derangements, bootstrap)
@@ -119,10 +119,6 @@ def _item_id(obj) -> str:
     h.update(repr(obj.image.size).encode())
     h.update(json.dumps(getattr(obj, "captions", None)).encode())
     return "sha1:" + h.hexdigest()[:12]
-
-
-def _digest(**spec) -> str:
-    return hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
 def _spec_columns(arm, mode, strength) -> dict:
@@ -309,7 +305,7 @@ class _Runner:
     def verdict(self, gen_key: str, answer: str, item, references=None, suffix: str = "",
                 question: Optional[str] = None, baseline: Optional[str] = None) -> Verdict:
         name = getattr(self.judge, "name", type(self.judge).__name__)
-        key = f"judge|{name}|{gen_key}{suffix}"
+        key = resume_key("judge", name, gen_key + suffix)
         row = self.log.get(key)
         if row is not None and self.log.done(key):
             return Verdict.from_dict(row["verdict"])
@@ -329,7 +325,7 @@ def _needs_references(judge, strip) -> bool:
 
 
 def _ref_key(runner: "_Runner", sid: str, k: int) -> str:
-    return f"ref|{sid}|p{k}|" + _digest(model=runner.model, prompt=panel_question(k), tokens=REFERENCE_TOKENS)
+    return resume_key("ref", sid, f"p{k}", model=runner.model, prompt=panel_question(k), tokens=REFERENCE_TOKENS)
 
 
 def _references(runner: _Runner, strip, sid: str, meta: dict) -> Optional[list[str]]:
@@ -530,10 +526,10 @@ def _static(protocol, vlm, strips, scores, arms, *, prompt, judge, log, shard, m
 
     def gen_key(arm, idx, t):
         if arm.heads is None:
-            return f"gen|{protocol}|unsteered|{ids[idx]}|" + _digest(model=run.model, prompt=prompt, t=max_new_tokens)
-        return (f"gen|{protocol}|{arm.condition}|k{arm.k}|{ids[idx]}|t{t}|"
-                + _digest(model=run.model, prompt=prompt, t=max_new_tokens, heads=_heads_json(arm.heads),
-                          mode=mode, strength=float(strength), phase=phase))
+            return resume_key("gen", protocol, "unsteered", ids[idx], model=run.model, prompt=prompt, t=max_new_tokens)
+        return resume_key("gen", protocol, arm.condition, f"k{arm.k}", ids[idx], f"t{t}", model=run.model,
+                          prompt=prompt, t=max_new_tokens, heads=_heads_json(arm.heads), mode=mode,
+                          strength=float(strength), phase=phase)
 
     try:
         # generation first, condition by condition and target by target, batched across strips
@@ -726,26 +722,58 @@ def k_sweep(vlm, strips, scores, ks: Optional[Sequence[int]] = None, *,
 _SENTENCE_END = re.compile(r"[.!?\n;]")
 
 
-class _Schedule:
-    """A steering target that walks through `order`, switching every `every` decode steps or (every=None) after
-    each completed caption/sentence; records (step, target, characters of text so far) at every switch."""
+class Schedule:
+    """A steering target that walks through `order`: one target per segment of the generated text, a segment being
+    `every` decode steps or, with ``every=None`` (or 0), one caption/sentence (ended by . ! ? ; or a newline).
 
-    def __init__(self, order: Sequence[int], every: Optional[int]):
-        self.order, self.every = list(order), every
+    Pass it as `gazekit.steer`'s target (it is called with (decode step, text so far) and returns the 1-based
+    target, None once `order` is used up); it records (step, target, characters of text so far) at every switch in
+    `.record`, which `dynamic` uses to cut the answer into segments. `steps()` gives the same schedule as the
+    {decode_step: target} dict `steer` also takes (steps mode only), which needs no decoding at each step.
+
+    order: the targets in order (1-based panels, region names or boxes); every: decode steps per segment, or
+    None/0 to switch after each sentence the model completes.
+    """
+
+    def __init__(self, order: Sequence, every: Optional[int] = None):
+        self.order, self.every = list(order), (int(every) if every else None)
         self.record: list[list] = []
-        self.__name__ = f"schedule{self.order}/" + (f"every{every}" if every else "caption")
+        self.__name__ = f"schedule{self.order}/" + (f"every{self.every}" if self.every else "caption")
 
-    def segment_at(self, step: int, text: str) -> int:
-        if self.every:
-            return step // self.every
+    @staticmethod
+    def sentences_in(text: str) -> int:
+        """How many sentences `text` has completed (its count of . ! ? ; and newlines)."""
         return len(_SENTENCE_END.findall(text))
 
-    def __call__(self, step: int, text: str):
+    def segment_at(self, step: int, text: str) -> int:
+        """The 0-based segment that decode `step` belongs to, given the `text` generated before it."""
+        if self.every:
+            return step // self.every
+        return self.sentences_in(text)
+
+    def target_at(self, step: int, text: str):
+        """The scheduled target at decode `step` after `text` (None past the end of `order`), without recording."""
         seg = self.segment_at(step, text)
-        target = self.order[seg] if seg < len(self.order) else None
+        return self.order[seg] if seg < len(self.order) else None
+
+    def steps(self) -> dict:
+        """{decode_step: target} for `gazekit.steer` (steps mode): each segment's first step, then None (no
+        steering) after the last segment."""
+        if not self.every:
+            raise ValueError("a sentence schedule (every=None) depends on the generated text: pass the Schedule "
+                             "itself to gazekit.steer, not steps()")
+        out = {i * self.every: t for i, t in enumerate(self.order)}
+        out[len(self.order) * self.every] = None
+        return out
+
+    def __call__(self, step: int, text: str):
+        target = self.target_at(step, text)
         if not self.record or self.record[-1][1] != target:
             self.record.append([int(step), target, len(text)])
         return target
+
+    def __repr__(self):
+        return f"Schedule({self.order}, every={self.every})"
 
 
 def _segments(answer: str, record, order, every) -> list[str]:
@@ -838,11 +866,11 @@ def dynamic(vlm, strips, scores, *, k: Optional[int] = None, conditions: Sequenc
             refs = _references(run, strip, sid, meta) if _needs_references(judge, strip) else None
             order = schedules[idx] if reference else derangement(N_PANELS, random.Random(f"{seed}:{sid}"))
             for arm in arms:
-                sched = _Schedule(order, every)
-                gkey = (f"gen|dynamic|{arm.condition}|k{arm.k}|{sid}|" + _digest(
-                    model=run.model, prompt=prompt, t=max_new_tokens, order=order, every=every,
-                    heads=_heads_json(arm.heads) if arm.heads is not None else None, mode=mode,
-                    strength=float(strength), phase=phase))
+                sched = Schedule(order, every)
+                gkey = resume_key("gen", "dynamic", arm.condition, f"k{arm.k}", sid, model=run.model, prompt=prompt,
+                                  t=max_new_tokens, order=order, every=every,
+                                  heads=_heads_json(arm.heads) if arm.heads is not None else None, mode=mode,
+                                  strength=float(strength), phase=phase)
                 meta2 = {**meta, "schedule": order, "every": every}
                 # the unsteered run goes through the same schedule with no heads (a null intervention) so that
                 # its text is split at the same decode steps as the steered runs
@@ -951,16 +979,16 @@ def boxes(vlm, scenes, scores, *, k: Optional[int] = None, conditions: Sequence[
         for idx, scene in mine:
             sid = _item_id(scene)
             meta = {"protocol": "boxes", "scene": sid, "scene_index": idx}
-            ukey = f"gen|boxes|unsteered|{sid}|" + _digest(model=run.model, prompt=prompt, t=max_new_tokens)
+            ukey = resume_key("gen", "boxes", "unsteered", sid, model=run.model, prompt=prompt, t=max_new_tokens)
             u = run.generate(ukey, scene, prompt, unsteered_arm, None, max_new_tokens, meta)
             for arm in arms:
                 for name in scene.names:
                     if arm.heads is None:
                         g, gkey = u, ukey
                     else:
-                        gkey = (f"gen|boxes|{arm.condition}|k{arm.k}|{sid}|{name}|" + _digest(
-                            model=run.model, prompt=prompt, t=max_new_tokens, heads=_heads_json(arm.heads),
-                            mode=mode, strength=float(strength), phase=phase))
+                        gkey = resume_key("gen", "boxes", arm.condition, f"k{arm.k}", sid, name, model=run.model,
+                                          prompt=prompt, t=max_new_tokens, heads=_heads_json(arm.heads), mode=mode,
+                                          strength=float(strength), phase=phase)
                         g = run.generate(gkey, scene, prompt, arm, name, max_new_tokens, meta)
                     rows.append({"protocol": "boxes", "condition": arm.condition, "k": arm.k,
                                  "n_heads": arm.n_heads, "pool": arm.pool, "control_seed": arm.control_seed,

@@ -12,13 +12,14 @@ already-done work when aggregating.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
 
-__all__ = ["RunLog", "in_shard", "parse_shard", "read_rows", "shard_log_paths"]
+__all__ = ["RunLog", "in_shard", "parse_shard", "read_rows", "resume_key", "shard_log_paths", "spec_digest"]
 
 
 def parse_shard(shard) -> Optional[tuple[int, int]]:
@@ -41,6 +42,27 @@ def in_shard(index: int, shard) -> bool:
     """True if work item number `index` belongs to `shard` ((i, n): index % n == i; None: everything)."""
     s = parse_shard(shard)
     return s is None or index % s[1] == s[0]
+
+
+def spec_digest(**spec) -> str:
+    """A short stable hash (10 hex digits of SHA-1) of the keyword arguments, as sorted JSON (non-JSON values by
+    their str): the part of a resume key that changes whenever anything that changes the output changes."""
+    return hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def resume_key(kind: str, *parts, **spec) -> str:
+    """The key that names one work item in a `RunLog`: ``kind|part|part|...`` and, when `spec` is given, ``|`` and
+    `spec_digest(**spec)`. Every log row is written under such a key, so a rerun finds (and skips) the items done.
+
+    kind: what the row is ("gen", "judge", "ref"); parts: what the item is about, readable in the log (protocol,
+    condition, K, strip id, target ...; joined with their str); spec: everything else the output depends on
+    (model, prompt, token budget, heads, steering mode ...), hashed.
+
+    >>> resume_key("gen", "vqa", "unsteered", "strip-7", model="m", prompt="p", t=15)  # doctest: +SKIP
+    'gen|vqa|unsteered|strip-7|<10 hex digits>'
+    """
+    key = "|".join([str(kind), *(str(p) for p in parts)])
+    return f"{key}|{spec_digest(**spec)}" if spec else key
 
 
 def _json_default(o):
@@ -144,10 +166,12 @@ class RunLog:
         self._rows[key] = row
 
     def done(self, key: str) -> bool:
+        """Whether work item `key` has a row that did not fail (a failed judgement is retried)."""
         r = self._rows.get(key)
         return r is not None and not r.get("failed", False)
 
     def get(self, key: str, default=None) -> Optional[dict]:
+        """The latest row of work item `key` (failed or not), else `default`."""
         return self._rows.get(key, default)
 
     def __contains__(self, key) -> bool:
@@ -176,6 +200,7 @@ class RunLog:
         return row
 
     def close(self):
+        """Close the file (and release its lock); the rows read stay available."""
         if self._f is not None and not self._f.closed:
             self._f.close()
 

@@ -10,16 +10,19 @@ Splits (all from `gazekit.comics.synthetic`; the training recipe draws its strip
   validation  synthetic(n, seed=VALIDATION_SEED)          -> choosing K (`--choose-k`, stored as recommended_k)
   test        synthetic(n, seed=TEST_SEED)                -> every number of the table
 
-Judge: exact match of the answer (normalised: lower case, words only) to one of the strip's six captions; anything
-else is junk (a miss). For a target other than the default panel, an answer equal to the unsteered answer is a
-miss. The general judges of `gazekit.judges` are lexical (word overlap) and accept near misses such as a wrong
-object word, which for three-word captions would count a wrong answer as right; the organism needs exactness.
-95% CIs: percentile bootstrap over (strip, target) pairs, 10,000 resamples (`gazekit.evaluate.stats.bootstrap_ci`).
+The steering rows (VQA, static narration, the dynamic schedule) are `gazekit.evaluate`'s protocols (`vqa`,
+`narration`, `dynamic`) with the exact caption judge (`judge="exact"`: the answer must be one of the strip's six
+captions, normalised to lower-case words; anything else is junk, a miss) and the protocols' rules: the default panel
+is the one the unsteered answer names, and a steered answer that copies the unsteered one is a miss on any other
+target. The general lexical judges accept near misses such as a wrong object word, which for three-word captions
+would count a wrong answer as right; the organism needs exactness. What is organism-specific stays here: accuracy on
+its training tasks (per-panel questions, panel-by-panel narration, the cued panel of the unsteered answers),
+tracking against the caption each narrated word belongs to, the K sweep's rule, and writing the card's tables.
+95% CIs: percentile bootstrap, 10,000 resamples (`gazekit.evaluate.stats.bootstrap_ci`).
 """
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import time
@@ -31,136 +34,157 @@ DISCOVERY_SEED, VALIDATION_SEED, TEST_SEED = 100, 1000, 2000
 N_DISCOVER = 100
 MAX_K_FRACTION = 0.15  # K <= 15% of heads (the issue's bound)
 CAPTION_TOKENS = 4     # "colour object action ." : one caption per 4 decode steps in panel-by-panel narration
+ANSWER_TOKENS = 6      # one caption and the end of the answer: the organism's short answers never need more
+NARRATION_TOKENS = 6 * CAPTION_TOKENS + 2
 
 
 # ------------------------------------------------------------------------------------------------ judging
-def _norm(text: str) -> str:
-    from gazekit.judges import words
-    return " ".join(words(text))
+def _exact_judge():
+    from gazekit.judges import get_judge
+    return get_judge("exact")
 
 
-def judge_exact(answer: str, captions) -> Optional[int]:
-    """1-based panel whose caption the answer is exactly, else None (junk)."""
-    a = _norm(answer)
-    hits = [i + 1 for i, c in enumerate(captions) if _norm(c) == a]
-    return hits[0] if len(hits) == 1 else None
+def caption_panel(answer: str, strip) -> Optional[int]:
+    """The 1-based panel whose caption `answer` is, by gazekit's exact caption judge (`judge="exact"`), else None.
+
+    answer: generated text; strip: a `Strip` with `captions` (the six panels' captions)."""
+    v = _exact_judge()(answer, strip)
+    return v.panel if not (v.junk or v.failed) else None
 
 
 def split_narration(text: str) -> list[str]:
-    """Panel-by-panel narration -> caption segments ("red ball flies . blue dot runs" -> two segments)."""
+    """Panel-by-panel narration -> caption segments ("red ball flies . blue dot runs" -> two segments).
+
+    text: the organism's narration, one caption per panel ended by "."."""
     return [s.strip() for s in text.split(".") if s.strip()]
 
 
 def ci(values) -> dict:
+    """Mean and 95% bootstrap CI of `values` (0/1 outcomes or numbers) as {"mean", "low", "high", "n"}."""
     from gazekit.evaluate.stats import bootstrap_ci
     c = bootstrap_ci(values)
     return {"mean": c.mean, "low": c.low, "high": c.high, "n": c.n}
 
 
-# ------------------------------------------------------------------------------------------------ protocols
-def ask(vlm, strips, prompt, max_new_tokens=6, heads=None, target=None):
-    """Greedy answers for all strips to one prompt, optionally steering `heads` to `target` (same for all rows)."""
-    import gazekit
-    if heads is None:
-        return vlm.ask_batch(strips, [prompt] * len(strips), max_new_tokens=max_new_tokens)
-    with gazekit.steer(vlm, heads, target):
-        return vlm.ask_batch(strips, [prompt] * len(strips), max_new_tokens=max_new_tokens)
+# ------------------------------------------------------------------------------------------ training tasks
+def ask(vlm, strips, prompt, max_new_tokens=ANSWER_TOKENS):
+    """Greedy unsteered answers of `vlm` to one `prompt` for every strip (one batched call).
+
+    vlm: a `gazekit.VLM`; strips: `Strip`s; prompt: the question; max_new_tokens: answer length cap."""
+    return vlm.ask_batch(strips, [prompt] * len(strips), max_new_tokens=max_new_tokens)
 
 
 def task_accuracy(vlm, strips) -> dict:
-    from gazekit.regions import NARRATION_PROMPT, PANEL_BY_PANEL_PROMPT, VQA_QUESTION, panel_question
+    """The organism's training tasks, unsteered: each per-panel question answered with its panel's caption
+    (6 x strips), and panel-by-panel narration with all six captions right, in order.
+
+    vlm: the organism as a `gazekit.VLM`; strips: test `Strip`s (with captions). Returns CIs and an example."""
+    from gazekit.regions import PANEL_BY_PANEL_PROMPT, panel_question
     panel = []
     for k in range(1, 7):
-        ans = ask(vlm, strips, panel_question(k))
-        panel += [float(judge_exact(a, s.captions) == k) for a, s in zip(ans, strips)]
-    main = [float(judge_exact(a, s.captions) == s.main_panel) for a, s in zip(ask(vlm, strips, VQA_QUESTION), strips)]
-    narr = [float(judge_exact(a, s.captions) == 1) for a, s in zip(ask(vlm, strips, NARRATION_PROMPT), strips)]
-    pbp_ans = ask(vlm, strips, PANEL_BY_PANEL_PROMPT, max_new_tokens=6 * CAPTION_TOKENS + 2)
-    pbp = [float([_norm(x) for x in split_narration(a)] == [_norm(c) for c in s.captions]) for a, s in zip(pbp_ans, strips)]
-    return {"panel_qa": ci(panel), "vqa_default": ci(main), "narration_default": ci(narr),
-            "panel_by_panel_exact": ci(pbp), "example_panel_by_panel": pbp_ans[0]}
+        panel += [float(caption_panel(a, s) == k) for a, s in zip(ask(vlm, strips, panel_question(k)), strips)]
+    pbp_ans = ask(vlm, strips, PANEL_BY_PANEL_PROMPT, max_new_tokens=NARRATION_TOKENS)
+    pbp = [float([caption_panel(x, s) for x in split_narration(a)] == list(range(1, 7)))
+           for a, s in zip(pbp_ans, strips)]
+    return {"panel_qa": ci(panel), "panel_by_panel_exact": ci(pbp), "example_panel_by_panel": pbp_ans[0]}
 
 
-def steer_protocol(vlm, strips, prompt, default_of, heads, max_new_tokens=6) -> dict:
-    """Every (strip, target) pair. Outcome per non-default pair: success (target's caption, not the unsteered
-    answer), default (still the unsteered default panel), malformed (no caption), other (another panel)."""
-    base = ask(vlm, strips, prompt, max_new_tokens)
-    succ_nd, succ_all, outcome = [], [], {"success": 0, "default": 0, "malformed": 0, "other": 0}
-    examples = []
-    for t in range(1, 7):
-        ans = ask(vlm, strips, prompt, max_new_tokens, heads=heads, target=t)
-        for a, b, s in zip(ans, base, strips):
-            d = default_of(s)
-            j = judge_exact(a, s.captions)
-            if t == d:
-                succ_all.append(float(j == t))
-                continue
-            hit = j == t and _norm(a) != _norm(b)
-            succ_nd.append(float(hit))
-            succ_all.append(float(hit))
-            key = "success" if hit else "default" if j == d else "malformed" if j is None else "other"
-            outcome[key] += 1
-            if len(examples) < 3:
-                examples.append({"target": t, "answer": a, "unsteered": b})
-    n = max(len(succ_nd), 1)
-    return {"success": ci(succ_nd), "success_all_pairs": ci(succ_all), "_hits": succ_nd,
-            **{f"{k}_rate": v / n for k, v in outcome.items()}, "n_heads": len(heads) if heads != "all" else "all",
-            "examples": examples}
+def cued_accuracy(res, strips, cued) -> dict:
+    """Share of strips whose unsteered answer in a static protocol's `Results` names the cued panel.
+
+    res: `gazekit.evaluate.vqa`/`narration` Results (exact judge); strips: the strips it ran on; cued: strip ->
+    the panel its prompt cues (the VQA question: `strip.main_panel`; the ambiguous narration prompt: 1)."""
+    t = res.table
+    base = t[t["condition"] == "unsteered"].drop_duplicates("strip_index").sort_values("strip_index")
+    return ci([float(p == cued(strips[i])) for i, p in zip(base["strip_index"], base["default_panel"])])
 
 
-def control_heads(scores, k: int, seed: int):
-    """K random heads drawn from the heads scoring at or below the median, the top K excluded (gazekit's default
-    control pool, `GazeScores.controls`). Returns (heads, pool description)."""
-    c = scores.controls(k, seed=seed)
-    return c, f"{c.pool} ({c.pool_size} heads)"
+# ------------------------------------------------------------------------------------------ steering rows
+def static_steering(vlm, strips, scores, protocol: str, k: int, n_random_sets: int = 3, log=None):
+    """`gazekit.evaluate.vqa` or `narration` on `strips` with the exact judge: unsteered, top-`k`, `n_random_sets`
+    random control draws (seeds 0.., pool "below-median") and all heads, every (strip, target) pair.
+
+    protocol: "vqa" or "narration"; log: a JSONL path to record and resume (None: in memory). Returns Results."""
+    import gazekit.evaluate as ev
+    fn = {"vqa": ev.vqa, "narration": ev.narration}[protocol]
+    return fn(vlm, strips, scores, k=k, judge="exact", max_new_tokens=ANSWER_TOKENS, control_seeds=n_random_sets,
+              seed=0, progress=False, log=log)
 
 
-def derangements(n_items: int, count: int, seed: int) -> list[list[int]]:
-    """`count` random derangements of 1..n_items (no panel scheduled at its own position)."""
-    rng = np.random.default_rng(seed)
-    out = []
-    while len(out) < count:
-        p = list(rng.permutation(n_items) + 1)
-        if all(p[i] != i + 1 for i in range(n_items)):
-            out.append([int(v) for v in p])
+def _outcomes(rows) -> dict:
+    """Shares of the non-default pairs in `rows` (a Results table's rows of one arm): success (a hit), default (the
+    unsteered answer's panel again), malformed (junk) and other (another panel)."""
+    nd = rows[rows["nondefault"]]
+    n = max(len(nd), 1)
+    hit = nd["hit"].astype(bool)
+    default = ~hit & (nd["verdict_panel"] == nd["default_panel"])
+    junk = ~hit & ~default & nd["junk"].astype(bool)
+    return {"success_rate": float(hit.sum()) / n, "default_rate": float(default.sum()) / n,
+            "malformed_rate": float(junk.sum()) / n, "other_rate": float((~hit & ~default & ~junk).sum()) / n}
+
+
+def _ci_row(summary, condition, suffix="") -> dict:
+    r = summary[summary["condition"] == condition].iloc[0]
+    return {"mean": float(r["accuracy" + suffix]), "low": float(r["ci_low" + suffix]),
+            "high": float(r["ci_high" + suffix]), "n": int(r["n" + suffix])}
+
+
+def steering_numbers(res) -> dict:
+    """The card's numbers of one static protocol's `Results`: per arm, success on non-default pairs and on all
+    pairs (accuracy and 95% CI from `Results.summary()`), the outcome shares (`_outcomes`) and examples; for the
+    random control, the mean over its draws and each draw's heads."""
+    from gazekit.steer import Head
+    t, s = res.table, res.summary()
+
+    def arm(cond, rows):
+        nd = rows[rows["nondefault"]]
+        heads = json.loads(rows["heads"].iloc[0]) if len(rows) else []
+        return {"success": _ci_row(s, cond, "_nondefault"), "success_all_pairs": _ci_row(s, cond),
+                **_outcomes(rows), "n_heads": "all" if heads == "all" else len(heads),
+                "examples": [{"target": int(r.target), "answer": r.answer, "unsteered": r.unsteered_answer}
+                             for r in nd.head(3).itertuples()]}
+
+    out = {c: arm(c, t[t["condition"] == c]) for c in ("top", "all")}
+    rand = t[t["condition"] == "random"]
+    sets = []
+    for cs, g in rand.groupby("control_seed", sort=True):
+        nd = g[g["nondefault"]]
+        sets.append({"control_seed": int(cs), "success": float(nd["hit"].mean()), **_outcomes(g),
+                     "heads": [str(Head(a, b)) for a, b in json.loads(g["heads"].iloc[0])], "pool": g["pool"].iloc[0]})
+    out["random"] = {"success": float(np.mean([x["success"] for x in sets])),
+                     "default_rate": float(np.mean([x["default_rate"] for x in sets])),
+                     "malformed_rate": float(np.mean([x["malformed_rate"] for x in sets])),
+                     "success_ci_pooled": _ci_row(s, "random", "_nondefault"), "n_sets": len(sets), "sets": sets}
     return out
 
 
-def dynamic_schedule(vlm, strips, heads, n_schedules=6, seed=0) -> dict:
-    """Panel-by-panel narration while the steering target switches at each caption (every CAPTION_TOKENS decode
-    steps) along a random derangement; Spearman between scheduled and described panels (judged segments,
-    pooled), and the share of segments that describe their scheduled panel (junk = miss)."""
-    from gazekit.evaluate.stats import spearman
-    from gazekit.regions import PANEL_BY_PANEL_PROMPT
-    sched_all, desc_all, hits, base_sched, base_desc = [], [], [], [], []
-    base = ask(vlm, strips, PANEL_BY_PANEL_PROMPT, 6 * CAPTION_TOKENS + 2)
-    for perm in derangements(6, n_schedules, seed):
-        schedule = {CAPTION_TOKENS * i: perm[i] for i in range(6)}
-        ans = ask(vlm, strips, PANEL_BY_PANEL_PROMPT, 6 * CAPTION_TOKENS + 2, heads=heads, target=schedule)
-        for a, b, s in zip(ans, base, strips):
-            segs = split_narration(a)
-            for i in range(6):
-                j = judge_exact(segs[i], s.captions) if i < len(segs) else None
-                hits.append(float(j == perm[i]))
-                if j is not None:
-                    sched_all.append(perm[i])
-                    desc_all.append(j)
-            bsegs = split_narration(b)
-            for i in range(min(6, len(bsegs))):
-                j = judge_exact(bsegs[i], s.captions)
-                if j is not None:
-                    base_sched.append(perm[i])
-                    base_desc.append(j)
-    rho, p = spearman(sched_all, desc_all)
-    rho0, _ = spearman(base_sched, base_desc)
-    return {"spearman": rho, "p": p, "n_segments_judged": len(sched_all), "n_segments": len(hits),
-            "segment_hit": ci(hits), "spearman_unsteered_vs_schedule": rho0, "example": ans[0],
-            "example_schedule": schedule}
+def dynamic_numbers(vlm, strips, scores, k: int, seed: int = 0, log=None) -> dict:
+    """`gazekit.evaluate.dynamic` with the exact judge: panel-by-panel narration while the top-`k` heads' target
+    walks a random derangement of the six panels (one per strip, seeded by `seed` and the strip), switching every
+    CAPTION_TOKENS decode steps (one organism caption); the unsteered narration is judged against the same
+    schedule. Returns the mean per-strip Spearman (the paper's statistic) with its CI, the pooled Spearman over all
+    judged segments, and the share of segments on schedule."""
+    import gazekit.evaluate as ev
+    res = ev.dynamic(vlm, strips, scores, k=k, every=CAPTION_TOKENS, judge="exact", conditions=("unsteered", "top"),
+                     seed=seed, progress=False, log=log)
+    top, base = res.extra[f"top@k{k}"], res.extra["unsteered"]
+    t = res.table
+    first = t[(t["condition"] == "top")].drop_duplicates("strip_index").iloc[0]
+    return {"spearman": top["spearman"], "spearman_ci": [top["ci_low"], top["ci_high"]],
+            "n_strips": top["n_strips"], "spearman_pooled": top["spearman_pooled"], "p": top["p_value"],
+            "n_segments_judged": top["n_segments_judged"], "n_segments": int((t["condition"] == "top").sum()),
+            "segment_hit": _ci_row(res.summary(), "top"), "spearman_unsteered_vs_schedule": base["spearman"],
+            "spearman_pooled_unsteered_vs_schedule": base["spearman_pooled"], "every": CAPTION_TOKENS,
+            "max_new_tokens": res.config["max_new_tokens"], "seed": seed, "example": first["answer"],
+            "example_schedule": json.loads(first["schedule"])}
 
 
 def tracking(vlm, strips, heads) -> dict:
     """Unsteered panel-by-panel narration; at each generated caption word, does the heads' mean attention peak
-    on the panel that caption describes? (Segments that match no caption are skipped and counted.)"""
+    on the panel that caption describes (by the exact judge)? Segments that match no caption are skipped and
+    counted.
+
+    vlm: the organism; strips: `Strip`s; heads: list of (layer, head). Returns accuracy CI and a 6x6 staircase."""
     import gazekit
     from gazekit.regions import PANEL_BY_PANEL_PROMPT
     hits, skipped, staircase = [], 0, np.zeros((6, 6))
@@ -170,7 +194,7 @@ def tracking(vlm, strips, heads) -> dict:
         seg, words = 0, []
         for t, tok in enumerate(tr.tokens + ["."]):
             if tok.strip() == "." or t == len(tr.tokens):
-                panel = judge_exact(" ".join(tok_ for tok_, _ in words), s.captions)
+                panel = caption_panel(" ".join(tok_ for tok_, _ in words), s)
                 if panel is None:
                     skipped += 1
                 else:
@@ -189,17 +213,25 @@ def tracking(vlm, strips, heads) -> dict:
 
 # ------------------------------------------------------------------------------------------------ K choice
 def choose_k(vlm, scores, n_val=100, verbose=True) -> dict:
-    """Sweep K = 1..floor(15% of heads) on the validation split; pick the K with the best mean of VQA and
-    narration steering success (ties -> smaller K)."""
+    """Sweep K = 1..floor(15% of heads) on the validation split with `gazekit.evaluate.k_sweep` (exact judge,
+    the VQA question and the ambiguous narration prompt); pick the K with the best mean of the two steering
+    success rates on non-default pairs (ties -> smaller K).
+
+    vlm: the organism; scores: its `GazeScores`; n_val: validation strips; verbose: print each K's numbers."""
+    import gazekit.evaluate as ev
     from gazekit.comics import synthetic
     from gazekit.regions import NARRATION_PROMPT, VQA_QUESTION
     strips = synthetic(n_val, seed=VALIDATION_SEED)
     k_max = max(1, int(np.floor(MAX_K_FRACTION * scores.scores.size)))
+    ks = list(range(1, k_max + 1))
+    success = {}
+    for name, question in (("vqa", VQA_QUESTION), ("narration", NARRATION_PROMPT)):
+        res = ev.k_sweep(vlm, strips, scores, ks, conditions=("unsteered", "top"), judge="exact", question=question,
+                         max_new_tokens=ANSWER_TOKENS, progress=False)
+        success[name] = {k: res.accuracy("top", k=k, nondefault=True) for k in ks}
     sweep = {}
-    for k in range(1, k_max + 1):
-        top = scores.top(k)
-        v = steer_protocol(vlm, strips, VQA_QUESTION, lambda s: s.main_panel, top)["success"]["mean"]
-        n = steer_protocol(vlm, strips, NARRATION_PROMPT, lambda s: 1, top)["success"]["mean"]
+    for k in ks:
+        v, n = success["vqa"][k], success["narration"][k]
         sweep[k] = {"vqa": v, "narration": n, "mean": (v + n) / 2}
         if verbose:
             print(f"K={k}: vqa {v:.3f} narration {n:.3f}", flush=True)
@@ -209,6 +241,8 @@ def choose_k(vlm, scores, n_val=100, verbose=True) -> dict:
 
 
 def load_vlm(weights: Optional[str]):
+    """The organism as a `gazekit.VLM`: the shipped weights (weights=None) or an organism folder, with its stored
+    recommended_k."""
     import gazekit
     from gazekit.organism import load_meta, load_organism
     if weights is None:
@@ -220,25 +254,31 @@ def load_vlm(weights: Optional[str]):
 
 
 def discovery_scores(vlm):
+    """Gaze scores of every head on the discovery split (`synthetic(N_DISCOVER, seed=DISCOVERY_SEED)`)."""
     import gazekit
     from gazekit.comics import synthetic
     return gazekit.discover(vlm, synthetic(N_DISCOVER, seed=DISCOVERY_SEED), progress=False)
 
 
 # ------------------------------------------------------------------------------------------------ the table
-def evaluate(vlm, n_test=200, n_track=60, n_random_sets=3, verbose=True) -> dict:
+def evaluate(vlm, n_test=200, n_track=60, n_random_sets=3, verbose=True, scores=None) -> dict:
+    """Every number of the model card on `synthetic(n_test, seed=TEST_SEED)`.
+
+    vlm: the organism (needs `recommended_k`: run `--choose-k` first); n_track: strips for tracking;
+    n_random_sets: random control draws; verbose: print each block as it is done; scores: the discovery ranking
+    (default: `discovery_scores(vlm)`). Returns a JSON-able dict (`table` turns it into the card's Markdown)."""
+    import gazekit.evaluate as ev
     from gazekit.comics import synthetic
-    from gazekit.regions import NARRATION_PROMPT, VQA_QUESTION
 
     def say(*a):
         if verbose:
             print(*a, flush=True)
     t0 = time.time()
-    scores = discovery_scores(vlm)
-    K = vlm.recommended_k
-    if K is None:
+    scores = discovery_scores(vlm) if scores is None else scores
+    if vlm.recommended_k is None:
         raise ValueError("no recommended_k stored with these weights: run `python -m gazekit.organism.evaluate "
                          "--choose-k` first")
+    K = ev.default_k(vlm, scores)  # the stored recommended_k
     test = synthetic(n_test, seed=TEST_SEED)
     res = {"n_test_strips": n_test, "test_seed": TEST_SEED, "discovery_seed": DISCOVERY_SEED,
            "n_discovery_strips": N_DISCOVER, "K": K, "n_heads_total": int(scores.scores.size)}
@@ -250,35 +290,21 @@ def evaluate(vlm, n_test=200, n_track=60, n_random_sets=3, verbose=True) -> dict
                    "best_head_diagonal": np.diag(scores.matrix[scores.top(1)[0]]).round(3).tolist()}
     say("gaze", {k: v for k, v in res["gaze"].items() if k != "per_layer"})
     res["tasks"] = task_accuracy(vlm, test)
+    res["top_heads"] = [str(h) for h in scores.top(K)]
+    cued = {"vqa": lambda s: s.main_panel, "narration": lambda s: 1}
+    for name in ("vqa", "narration"):
+        out = static_steering(vlm, test, scores, name, K, n_random_sets)
+        res["tasks"][f"{name}_default"] = cued_accuracy(out, test, cued[name])
+        res[name] = steering_numbers(out)
+        say(name, "top", res[name]["top"]["success"])
+        say(name, "random", {k: v for k, v in res[name]["random"].items() if k != "sets"})
+        say(name, "all", res[name]["all"]["success"], res[name]["all"]["malformed_rate"])
     say("tasks", res["tasks"])
+    res["dynamic"] = dynamic_numbers(vlm, test, scores, K)
+    say("dynamic", res["dynamic"])
     top = scores.top(K)
-    res["top_heads"] = [str(h) for h in top]
-    for name, prompt, dflt in (("vqa", VQA_QUESTION, lambda s: s.main_panel), ("narration", NARRATION_PROMPT,
-                                                                                 lambda s: 1)):
-        r = {"top": steer_protocol(vlm, test, prompt, dflt, top)}
-        say(name, "top", r["top"]["success"])
-        rand = []
-        for seed in range(n_random_sets):
-            heads, pct = control_heads(scores, K, seed)
-            rand.append(steer_protocol(vlm, test, prompt, dflt, list(heads)))
-            rand[-1]["heads"] = [str(h) for h in heads]
-            rand[-1]["pool"] = pct
-        r["random"] = {"success": float(np.mean([x["success"]["mean"] for x in rand])),
-                       "default_rate": float(np.mean([x["default_rate"] for x in rand])),
-                       "malformed_rate": float(np.mean([x["malformed_rate"] for x in rand])),
-                       "success_ci_pooled": ci(list(itertools.chain.from_iterable(x["_hits"] for x in rand))),
-                       "n_sets": n_random_sets, "sets": rand}
-        say(name, "random", {k: v for k, v in r["random"].items() if k != "sets"})
-        r["all"] = steer_protocol(vlm, test, prompt, dflt, "all")
-        for x in [r["top"], r["all"], *rand]:  # raw 0/1 lists are only needed for the pooled CI
-            x.pop("_hits", None)
-        say(name, "all", r["all"]["success"], r["all"]["malformed_rate"])
-        res[name] = r
-    res["dynamic"] = dynamic_schedule(vlm, test, top)
-    say("dynamic", {k: v for k, v in res["dynamic"].items()})
     res["tracking"] = tracking(vlm, test[:n_track], top)
-    heads, _ = control_heads(scores, K, 0)
-    res["tracking_random"] = tracking(vlm, test[:n_track], list(heads))
+    res["tracking_random"] = tracking(vlm, test[:n_track], list(scores.controls(K, seed=0)))
     say("tracking", res["tracking"]["accuracy"], "random", res["tracking_random"]["accuracy"])
     res["seconds"] = round(time.time() - t0, 1)
     return res
@@ -289,9 +315,10 @@ def _pct(c) -> str:
 
 
 def table(res: dict) -> str:
+    """The model card's Markdown table of an `evaluate` result."""
     K, H = res["K"], res["n_heads_total"]
     g = res["gaze"]
-    v, n = res["vqa"], res["narration"]
+    v, n, d = res["vqa"], res["narration"], res["dynamic"]
     rows = [
         ("per-panel question accuracy (6 x strips)", "≥95%", _pct(res["tasks"]["panel_qa"])),
         ("whole-strip question → cued panel (unsteered)", "—", _pct(res["tasks"]["vqa_default"])),
@@ -315,16 +342,18 @@ def table(res: dict) -> str:
          f"{_pct(n['top']['success'])}; all pairs {_pct(n['top']['success_all_pairs'])}"),
         (f"narration, {K} random heads at or below the median (same draws)", "—",
          f"redirect {100 * n['random']['success']:.1f}%, keep default {100 * n['random']['default_rate']:.1f}%"),
-        ("dynamic schedule (panel-by-panel, switch each caption, derangements)", "Spearman ≥0.6",
-         f"ρ = {res['dynamic']['spearman']:.3f} ({res['dynamic']['n_segments_judged']}/{res['dynamic']['n_segments']} "
-         f"segments judged; unsteered vs schedule ρ = {res['dynamic']['spearman_unsteered_vs_schedule']:.3f}); "
-         f"segments on schedule {_pct(res['dynamic']['segment_hit'])}"),
+        ("dynamic schedule (panel-by-panel, switch each caption, one derangement per strip)", "Spearman ≥0.6",
+         f"mean per-strip ρ = {d['spearman']:.3f} [{d['spearman_ci'][0]:.3f}, {d['spearman_ci'][1]:.3f}] "
+         f"({d['n_strips']} strips); pooled ρ = {d['spearman_pooled']:.3f} ({d['n_segments_judged']}/"
+         f"{d['n_segments']} segments judged; unsteered vs schedule ρ = {d['spearman_unsteered_vs_schedule']:.3f}); "
+         f"segments on schedule {_pct(d['segment_hit'])}"),
         (f"tracking, top-{K} heads peak on the described panel", "≥80%",
          f"{_pct(res['tracking']['accuracy'])} (random heads {_pct(res['tracking_random']['accuracy'])})"),
     ]
     out = [f"Test: {res['n_test_strips']} strips `synthetic(n, seed={res['test_seed']})`; ranking from "
            f"{res['n_discovery_strips']} strips (seed {res['discovery_seed']}); K = {K} chosen on validation strips "
-           f"(seed {VALIDATION_SEED}). 95% bootstrap CIs in brackets.", "",
+           f"(seed {VALIDATION_SEED}). Steering rows: `gazekit.evaluate` (vqa, narration, dynamic; exact caption "
+           f"judge). 95% bootstrap CIs in brackets.", "",
            "| measure | target | organism |", "|---|---|---|"]
     out += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     return "\n".join(out) + "\n"
@@ -432,6 +461,8 @@ def protocol_table(runs: dict, n_strips: int) -> str:
 
 
 def main(argv=None):
+    """The command line (`python -m gazekit.organism.evaluate --help`): the card (default), `--choose-k` or
+    `--protocols`. argv: the arguments (default sys.argv[1:])."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", default=None, help="organism folder (default: the shipped weights)")
     ap.add_argument("--out", default="runs/organism_eval.md", help="markdown table (a .json with every number "
@@ -475,10 +506,10 @@ def main(argv=None):
             json.dump(meta, f, indent=1)
         print(f"recommended_k = {out['recommended_k']} -> {path}")
         return
-    res = evaluate(vlm, n_test=a.n_test, n_track=a.n_track)
+    scores = discovery_scores(vlm)
+    res = evaluate(vlm, n_test=a.n_test, n_track=a.n_track, scores=scores)
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     stem = os.path.splitext(a.out)[0]
-    scores = discovery_scores(vlm)  # same strips as inside evaluate(): the ranking file and its figure
     scores.save(stem + "_gaze_scores.json")
     try:
         fig = scores.plot()  # layer x head heatmap, histogram, best head's 6x6 matrix

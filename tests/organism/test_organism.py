@@ -12,7 +12,7 @@ import torch
 import gazekit
 from gazekit.comics import synthetic
 from gazekit.organism import WEIGHTS_DIR, load_meta
-from gazekit.organism.evaluate import judge_exact
+from gazekit.organism.evaluate import caption_panel
 from gazekit.regions import VQA_QUESTION, panel_question
 
 HELD_OUT_SEED = 31337
@@ -38,7 +38,7 @@ def test_per_panel_accuracy(vlm):
     correct = []
     for k in range(1, 7):
         ans = vlm.ask_batch(strips, [panel_question(k)] * len(strips), max_new_tokens=5)
-        correct += [judge_exact(a, s.captions) == k for a, s in zip(ans, strips)]
+        correct += [caption_panel(a, s) == k for a, s in zip(ans, strips)]
     assert np.mean(correct) >= 0.90, np.mean(correct)
 
 
@@ -53,7 +53,7 @@ def test_top_k_steering_beats_random_k(vlm):
         for t in range(1, 7):
             with gazekit.steer(vlm, heads, t):
                 ans = vlm.ask_batch(strips, [VQA_QUESTION] * len(strips), max_new_tokens=5)
-            hits += [judge_exact(a, s.captions) == t and a != b
+            hits += [caption_panel(a, s) == t and a != b
                      for a, b, s in zip(ans, base, strips) if t != s.main_panel]
         return float(np.mean(hits))
 

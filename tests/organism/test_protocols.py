@@ -71,3 +71,20 @@ def test_cli_vqa_end_to_end(setup, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "vqa" / "run.jsonl").read_text().splitlines()]
     # unsteered once; top, all and the random control's 3 seeds on every target
     assert sum(r["kind"] == "generation" for r in rows) == 4 * (1 + 5 * 6)
+
+
+def test_model_card_rows_are_the_protocols_numbers(setup):
+    """The card's steering rows (`python -m gazekit.organism.evaluate`) read gazekit.evaluate's Results: no second
+    protocol implementation."""
+    from gazekit.organism.evaluate import static_steering, steering_numbers
+    vlm, scores, strips = setup
+    res = static_steering(vlm, strips[:4], scores, "vqa", vlm.recommended_k, n_random_sets=2)
+    assert res.config["judge"] == "exact" and res.config["control_seeds"] == [0, 1]
+    card = steering_numbers(res)
+    assert card["top"]["success"]["mean"] == pytest.approx(res.accuracy("top", nondefault=True))
+    assert card["top"]["success_all_pairs"]["mean"] == pytest.approx(res.accuracy("top"))
+    assert card["random"]["success_ci_pooled"]["mean"] == pytest.approx(res.accuracy("random", nondefault=True))
+    for arm in (card["top"], card["all"], *card["random"]["sets"]):
+        shares = [arm[f"{k}_rate"] for k in ("success", "default", "malformed", "other")]
+        assert sum(shares) == pytest.approx(1.0)
+    assert card["top"]["success"]["mean"] > card["random"]["success"]  # the ordering the card shows

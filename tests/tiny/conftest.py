@@ -3,7 +3,7 @@ test that changes a model cannot leak into another module)."""
 import pytest
 
 import gazekit
-from tests.fixtures import tiny_models as tm
+from gazekit import testing as tm
 
 
 @pytest.fixture(scope="module")

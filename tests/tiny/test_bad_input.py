@@ -8,7 +8,7 @@ from PIL import Image
 
 import gazekit
 from gazekit import GazeScores, Scene
-from tests.fixtures import tiny_models as tm
+from gazekit import testing as tm
 
 
 def test_box_outside_image_or_covering_no_token(qwen):

@@ -20,7 +20,7 @@ import torch
 import gazekit
 from gazekit.models.adapters import supported_families
 from gazekit.regions import panel_question
-from tests.fixtures import tiny_models as tm
+from gazekit import testing as tm
 
 torch.set_num_threads(1)
 
@@ -209,7 +209,7 @@ def reference_steer(vlm, prep, heads, target, mode, strength=1e4, new_tokens=3):
 def test_every_registered_family_has_a_case():
     assert set(supported_families()) <= set(CASES), (
         f"families without a contract case: {sorted(set(supported_families()) - set(CASES))}; add a fixture in "
-        "tests/fixtures/tiny_models.py")
+        "gazekit/testing.py")
 
 
 def test_regions_are_panels_left_to_right(case):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import gazekit
-from tests.fixtures import tiny_models as tm
+from gazekit import testing as tm
 
 QUESTION = "Describe the third panel."
 

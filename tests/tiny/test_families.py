@@ -15,7 +15,7 @@ from gazekit.models.families.llava import LlavaAdapter
 from gazekit.models.families.qwen2_vl import Qwen2VLAdapter
 from gazekit.organism.adapter import OrganismAdapter
 from gazekit.organism.processor import ComicTileProcessor
-from tests.fixtures import tiny_models as tm
+from gazekit import testing as tm
 
 MODELS_DIR = Path(gazekit.__file__).parent / "models"
 

@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from tests.fixtures import tiny_models as tm
+from gazekit import testing as tm
 
 torch.set_num_threads(1)
 

@@ -13,7 +13,7 @@ from gazekit.evaluate import boxes, dynamic, vqa
 from gazekit.evaluate.runlog import read_rows
 from gazekit.judges import Verdict
 from gazekit.regions import Scene, Strip
-from tests.fixtures import tiny_models as tm
+from gazekit import testing as tm
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 import gazekit
-from tests.fixtures import tiny_models as tm
+from gazekit import testing as tm
 
 
 @pytest.mark.parametrize("widths", [[256, 384, 192, 512, 256, 384], [400, 148, 1000, 240, 320, 360],

@@ -10,7 +10,7 @@ import torch
 
 import gazekit
 from gazekit import GazeScores
-from tests.fixtures import tiny_models as tm
+from gazekit import testing as tm
 
 QUESTION = "Describe the third panel."
 

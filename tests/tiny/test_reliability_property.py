@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import gazekit
 from gazekit.steer import MODES, PHASES
-from tests.fixtures import tiny_models as tm
+from gazekit import testing as tm
 
 _MODEL, _PROC = tm.build("qwen2_vl")
 _VLM = gazekit.load(_MODEL, _PROC)

@@ -1,5 +1,6 @@
-"""Smoke test of `python -m gazekit.bench` on a tiny random Qwen2-VL: the whole code path, the JSON it writes, and
-that the reference recipe and gazekit's discovery give the same scores. No timing thresholds (CI machines vary)."""
+"""Smoke test of the benchmark (`python -m benchmarks`, benchmarks/bench.py, outside the installed package) on the
+tiny random Qwen2-VL of `gazekit.testing`: the whole code path, the JSON it writes, and that the reference recipe
+and gazekit's discovery give the same scores. No timing thresholds (CI machines vary)."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-bench = pytest.importorskip("gazekit.bench")
+from benchmarks import bench  # noqa: E402  (the checkout's top-level benchmarks/ package)
 
 MEASURES = ("discovery_time", "memory", "score_diff", "capture_overhead", "steering", "quant_bytes", "eval_vqa",
             "eval_narration")
@@ -119,7 +120,7 @@ def test_unknown_model_is_refused():
 
 
 def test_memory_job_runs_in_a_fresh_process(tmp_path):
-    """The CLI's path: one job through `python -m gazekit.bench --_worker` in its own process."""
+    """The CLI's path: one job through `python -m benchmarks.bench --_worker` in its own process."""
     folder = bench.build_qwen_folder(bench.TINY, tmp_path / "model")
     spec = dict(subject="qwen2vl-tiny", task="gazekit", folder=str(folder), device="cpu", dtype="float32", threads=1,
                 repeats=1, capture_repeats=1, gen_repeats=1, gen_tokens=2, tick=lambda: None)
@@ -222,3 +223,18 @@ def test_targets_per_model():
     assert bench.target_for("memory", "qwen2vl-2b-dims") == ("min", 10.0)
     assert bench.target_for("discovery_time", "qwen2vl-2b-dims") == ("min", 6.0)
     assert bench.target_for("capture_overhead", "qwen2vl-tiny") is None
+
+
+def test_the_benchmark_is_not_packaged_and_the_builders_are():
+    """pyproject's package list (what the wheel holds) has gazekit and gazekit.testing, not the benchmark."""
+    import tomllib
+    from pathlib import Path
+
+    from setuptools import find_packages
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = find_packages(where=str(root), include=cfg["include"], exclude=cfg.get("exclude", ()))
+    assert "gazekit" in packages and "gazekit.evaluate" in packages
+    assert not [p for p in packages if p.split(".")[0] in ("benchmarks", "tests")], packages
+    assert (root / "gazekit" / "testing.py").exists() and not (root / "gazekit" / "bench.py").exists()

@@ -11,7 +11,7 @@ from scipy.stats import spearmanr
 sys.path.insert(0, str(Path(__file__).parent))
 
 from gazekit.evaluate import boxes, default_k, default_ks, dynamic, k_sweep, mentions, vqa  # noqa: E402
-from gazekit.evaluate.protocols import _Schedule, _segments, derangement  # noqa: E402
+from gazekit.evaluate.protocols import Schedule, _segments, derangement  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -31,14 +31,18 @@ def test_derangement_has_no_fixed_point_and_is_seeded():
 
 
 def test_schedule_switches_by_steps_and_by_caption():
-    s = _Schedule([3, 1, 2], every=2)
+    s = Schedule([3, 1, 2], every=2)
     assert [s(i, "x" * i) for i in range(7)] == [3, 3, 1, 1, 2, 2, None]
     assert s.record == [[0, 3, 0], [2, 1, 2], [4, 2, 4], [6, None, 6]]
     text = "aa bb cc dd"
     assert _segments(text, [[0, 3, 0], [2, 1, 3], [4, 2, 6]], [3, 1, 2], 2) == ["aa", "bb", "cc dd"]
-    c = _Schedule([2, 1], every=None)
+    c = Schedule([2, 1], every=None)
     assert [c(0, ""), c(1, "red ball"), c(2, "red ball flies ."), c(3, "a . b ."), c(4, "a . b . c")] == \
         [2, 2, 1, None, None]
+    assert Schedule([2, 1], every=0).every is None  # 0 means sentence mode, as in ScheduleBuilder
+    assert Schedule([3, 1], every=2).steps() == {0: 3, 2: 1, 4: None}
+    with pytest.raises(ValueError, match="sentence schedule"):
+        c.steps()
     assert _segments("red ball flies . blue dot . extra words", None, [2, 1], None) == ["red ball flies .",
                                                                                         "blue dot ."]
 

@@ -10,13 +10,24 @@ from pathlib import Path
 
 import pytest
 
-from gazekit.evaluate.runlog import RunLog, in_shard, parse_shard, read_rows, shard_log_paths
+from gazekit.evaluate.runlog import RunLog, in_shard, parse_shard, read_rows, resume_key, shard_log_paths, spec_digest
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
 
 # ------------------------------------------------------------------------------------------------------ RunLog
+def test_resume_key_format_is_the_logs_so_old_logs_resume():
+    """One function formats every key; its format is the one logs were written with (an old log still resumes)."""
+    import hashlib
+    spec = {"model": "m", "prompt": "What?", "t": 15, "heads": [[0, 1]], "strength": 1e4}
+    digest = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
+    assert spec_digest(**spec) == digest
+    assert resume_key("gen", "vqa", "top", "k7", "strip-1", "t3", **spec) == f"gen|vqa|top|k7|strip-1|t3|{digest}"
+    assert resume_key("judge", "exact", "gen|vqa|x|abc|seg2") == "judge|exact|gen|vqa|x|abc|seg2"  # no spec, no hash
+    assert resume_key("gen", "x", model="a") != resume_key("gen", "x", model="b")
+
+
 def test_append_reopen_and_done(tmp_path):
     p = tmp_path / "sub" / "run.jsonl"
     with RunLog(p) as log:

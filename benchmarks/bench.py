@@ -1,17 +1,21 @@
-"""`python -m gazekit.bench` — gazekit against the paper's reference recipe, side by side, on your hardware.
+"""The benchmark — gazekit against the paper's reference recipe, side by side, on your hardware.
 
-    python -m gazekit.bench --quick --no-evaluation       # ~4.5 min: 2 repeats, 16-token generations
-    python -m gazekit.bench                               # 3 repeats, 32 tokens; with the evaluation pairs ~20-40 min
-    python -m gazekit.bench --models qwen2vl-2b-dims --repeats 1   # real dimensions: ~90 min on one CPU thread
-    python -m gazekit.bench --device cuda                 # on a GPU (default when one is visible)
+It lives in a source checkout (`benchmarks/`, not in the installed package); from the checkout's root:
 
-or from a notebook: `gazekit.bench.run(quick=True)` (returns the dict it writes as JSON). The exit status is 0 even
-when a target is missed: the table and the JSON's "missed" list say which.
+    make bench                                            # python -m benchmarks, in the project's .venv
+    python -m benchmarks --quick --no-evaluation          # ~4.5 min: 2 repeats, 16-token generations
+    python -m benchmarks                                  # 3 repeats, 32 tokens; with the evaluation pairs ~20-40 min
+    python -m benchmarks --models qwen2vl-2b-dims --repeats 1   # real dimensions: ~90 min on one CPU thread
+    python -m benchmarks --device cuda                    # on a GPU (default when one is visible)
+
+(`python benchmarks/bench.py ...` is the same), or from a notebook started in the checkout:
+`from benchmarks import bench; bench.run(quick=True)` (returns the dict it writes as JSON). The exit status is 0
+even when a target is missed: the table and the JSON's "missed" list say which.
 
 Per model — the embedded organism (skipped, with a message, while its weights are absent; `--organism-dir` points
 at another one) and a mid-size random-weight Qwen2-VL (~77M parameters, ~310 MB in float32; a 1950x256 strip of
-six 320x256 panels gives a 666-token prompt), built offline with a small byte-level BPE and the real
-Qwen2VLImageProcessorPil — it measures:
+six 320x256 panels gives a ~680-token prompt), built offline by `gazekit.testing` (the test fixtures' small
+byte-level BPE and Qwen chat template, and the real Qwen2VLImageProcessorPil) — it measures:
 
 - discovery time per strip, over a set of strips (`DEFAULT_STRIPS`: 16 on the organism, 1 on the mid-size model;
   `--strips`): the reference recipe (`gazekit._reference`: eager attention in the whole model, as
@@ -36,7 +40,7 @@ Qwen2VLImageProcessorPil — it measures:
   that RSS also counts;
 - the largest absolute difference between the two methods' 6x6 matrices (target <= 1e-5);
 - capture overhead: `capture` against a plain uncaptured sdpa forward on the same prepared input;
-- steered (top ~9% heads by gaze score, panel 3) against unsteered greedy generation of the same number of tokens
+- steered (top `gazekit.evaluate.default_k` heads by gaze score, ~9% of heads; panel 3) against unsteered greedy generation of the same number of tokens
   (min_new_tokens = max_new_tokens);
 - 4-bit (bitsandbytes NF4 through `gazekit.load(path, quantize="4bit")`) against fp16 bytes of the layers
   bitsandbytes converts (quantisation state included), and of the whole model for information;
@@ -51,7 +55,7 @@ Qwen2VLImageProcessorPil — it measures:
 
 `--real-dims` adds `qwen2vl-2b-dims`: random weights at Qwen2-VL-2B's published dimensions (28 layers, 12 query
 heads, hidden 1536, vocabulary 151,936, a 32-block vision tower of width 1280; ~2.2B parameters, 8.9 GB in float32)
-and a 720-token strip prompt; discovery time and extra peak memory only (targets 6x and 10x), one strip. Slow on a
+and a ~730-token strip prompt; discovery time and extra peak memory only (targets 6x and 10x), one strip. Slow on a
 CPU: each reference discovery is six forwards of the whole model.
 
 Timings alternate the two methods of each pair inside one process; ratios are of medians. On a CPU with one torch
@@ -72,11 +76,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
+
+if not __package__:  # run as a file (python benchmarks/bench.py): use the checkout's gazekit
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gazekit.testing import QWEN2_VL_TINY, QwenSize  # noqa: E402
 
 SUBJECTS = ("organism", "qwen2vl-mid", "qwen2vl-tiny", "qwen2vl-2b-dims")
 DEFAULT_MODELS = ("organism", "qwen2vl-mid")
@@ -112,124 +120,35 @@ def target_for(measure: str, model: str) -> Optional[tuple]:
 
 
 # ------------------------------------------------------------------------------------------ offline Qwen2-VL
-@dataclass(frozen=True)
-class QwenSize:
-    """A random-weight Qwen2-VL configuration and the strip that goes with it."""
-
-    hidden: int
-    intermediate: int
-    layers: int
-    heads: int
-    kv_heads: int
-    vision_depth: int
-    vision_dim: int
-    vision_heads: int
-    panel_w: int
-    panel_h: int
-    vision_mlp_ratio: int = 2
-    vocab: Optional[int] = None  # None: the offline tokenizer's size; real models have ~152k rows
-
+# The models are built by `gazekit.testing` (the tests' fixtures: one offline tokenizer and chat template per family);
+# only their sizes are the benchmark's.
 
 # Mid-size: ~77M parameters (~310 MB in float32). Panels 320x256 make a 1950x256 strip -> 9x70 = 630 merged image
-# tokens, ~665 prompt tokens with the question. Widths are multiples of 64 (in) and 32 (out) so bitsandbytes' CPU
+# tokens, ~680 prompt tokens with the question. Widths are multiples of 64 (in) and 32 (out) so bitsandbytes' CPU
 # 4-bit kernel accepts every converted Linear.
 MID = QwenSize(hidden=768, intermediate=2048, layers=12, heads=12, kv_heads=2, vision_depth=2, vision_dim=256,
-               vision_heads=4, panel_w=320, panel_h=256)
-# Tiny: for the smoke test (seconds).
-TINY = QwenSize(hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2, vision_depth=1, vision_dim=64,
-                vision_heads=2, panel_w=64, panel_h=64)
+               vision_heads=4, panel_w=320, panel_h=256, max_image_tokens=2048, max_positions=4096)
+# Tiny: the test suite's Qwen2-VL fixture, for the smoke test (seconds).
+TINY = QWEN2_VL_TINY
 # Real dimensions: Qwen2-VL-2B-Instruct's published config (28 layers, 12 query / 2 key-value heads, hidden 1536,
 # MLP 8960, vocabulary 151,936; vision tower 32 blocks of 1280 with 16 heads, MLP ratio 4) with random weights
 # (~2.2B parameters, ~8.9 GB in float32). Panels 352x256 make a 2142x256 strip -> 9x76 = 684 merged image tokens,
-# ~720 prompt tokens. Only discovery time and memory are measured on it (`REAL_DIMS_ONLY`); opt-in (`--real-dims`).
+# ~730 prompt tokens. Only discovery time and memory are measured on it (`REAL_DIMS_ONLY`); opt-in (`--real-dims`).
 QWEN2VL_2B = QwenSize(hidden=1536, intermediate=8960, layers=28, heads=12, kv_heads=2, vision_depth=32,
-                      vision_dim=1280, vision_heads=16, panel_w=352, panel_h=256, vision_mlp_ratio=4, vocab=151936)
+                      vision_dim=1280, vision_heads=16, panel_w=352, panel_h=256, vision_mlp_ratio=4, vocab=151936,
+                      max_image_tokens=2048, max_positions=4096)
 _QWEN_SIZES = {"qwen2vl-mid": MID, "qwen2vl-tiny": TINY, "qwen2vl-2b-dims": QWEN2VL_2B}
-
-_QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-                  "<|image_pad|>", "<|video_pad|>"]
-_QWEN_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for c in message['content'] %}{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-
-
-def _qwen_tokenizer():
-    """A byte-level BPE trained in memory on gazekit's prompts, so they tokenize into word-sized pieces as with a
-    real Qwen tokenizer (a question is ~20 tokens, not ~100 bytes)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from gazekit.regions import NARRATION_PROMPT, ORDINALS, PANEL_BY_PANEL_PROMPT, VQA_QUESTION, panel_question
-
-    corpus = ([panel_question(k) for k in range(1, 7)] + [VQA_QUESTION, NARRATION_PROMPT, PANEL_BY_PANEL_PROMPT,
-                                                           " ".join(ORDINALS), "user assistant system"]) * 20
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=512, special_tokens=_QWEN_SPECIALS,
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                                        show_progress=False))
-    hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                 additional_special_tokens=_QWEN_SPECIALS[1:])
-    hf.chat_template = _QWEN_TEMPLATE
-    return hf
-
-
-def _qwen_processor(tokenizer):
-    from transformers import Qwen2VLImageProcessorPil, Qwen2VLProcessor
-
-    from gazekit.models.offline import without_video_processor
-
-    # max_pixels well above a 1950x256 strip: the processor only rounds it to multiples of 28 px
-    imgp = Qwen2VLImageProcessorPil(patch_size=14, merge_size=2, temporal_patch_size=2,
-                                    size={"shortest_edge": 28 * 28 * 4, "longest_edge": 28 * 28 * 2048})
-    processor_cls = without_video_processor(Qwen2VLProcessor)
-    return processor_cls(image_processor=imgp, tokenizer=tokenizer, chat_template=_QWEN_TEMPLATE)
 
 
 def build_qwen_folder(size: QwenSize, folder, seed: int = 0) -> Path:
-    """Write a random-weight Qwen2-VL of `size` (safetensors) and its tokenizer to `folder`."""
-    import torch
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    """Write a random-weight Qwen2-VL of `size` (safetensors) and its processor to `folder`
+    (`gazekit.testing.save_fixture`); returns the folder.
 
-    folder = Path(folder)
+    size: a `gazekit.testing.QwenSize`; folder: where to write; seed: torch seed of the weights."""
+    from gazekit.testing import save_fixture
+
     _quiet_transformers()
-    tok = _qwen_tokenizer()
-    ids = {t: tok.convert_tokens_to_ids(t) for t in _QWEN_SPECIALS}
-    hd = size.hidden // size.heads
-    half = hd // 2  # M-RoPE sections (temporal, height, width) must sum to head_dim / 2
-    t_sec = half // 4
-    h_sec = (half - t_sec) // 2
-    cfg = Qwen2VLConfig(
-        text_config=dict(vocab_size=size.vocab or len(tok), hidden_size=size.hidden, intermediate_size=size.intermediate,
-                         num_hidden_layers=size.layers, num_attention_heads=size.heads,
-                         num_key_value_heads=size.kv_heads, max_position_embeddings=4096,
-                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                                          "mrope_section": [t_sec, h_sec, half - t_sec - h_sec]},
-                         bos_token_id=None, eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]),
-        vision_config=dict(depth=size.vision_depth, embed_dim=size.vision_dim, hidden_size=size.hidden,
-                           num_heads=size.vision_heads, mlp_ratio=size.vision_mlp_ratio, patch_size=14, spatial_merge_size=2,
-                           temporal_patch_size=2),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
-    torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(cfg).eval()
-    model.generation_config.eos_token_id = ids["<|im_end|>"]
-    model.generation_config.pad_token_id = ids["<|endoftext|>"]
-    model.save_pretrained(folder, safe_serialization=True)
-    tok.save_pretrained(folder)
-    return folder
-
-
-def _load_qwen_processor(folder):
-    from transformers import PreTrainedTokenizerFast
-
-    tok = PreTrainedTokenizerFast.from_pretrained(str(folder), local_files_only=True)
-    tok.chat_template = _QWEN_TEMPLATE
-    return _qwen_processor(tok)
+    return save_fixture("qwen2_vl", folder, seed=seed, size=size)
 
 
 def _strips_for(subject: str, n: int = 1) -> list:
@@ -273,7 +192,9 @@ def _load_subject(subject: str, folder, device: str, dtype: str):
 
         model = Qwen2VLForConditionalGeneration.from_pretrained(str(folder), dtype=dt, attn_implementation="sdpa",
                                                                 use_safetensors=True, local_files_only=True)
-        vlm = gazekit.load(model, _load_qwen_processor(folder))
+        from gazekit.testing import load_processor
+
+        vlm = gazekit.load(model, load_processor("qwen2_vl", folder))
     vlm.model.to(device)
     return vlm
 
@@ -489,8 +410,11 @@ def _describe(vlm, subject, strip) -> dict:
 
 
 def _steer_heads(vlm, scores: np.ndarray) -> list:
-    """Top-k heads by gaze score: the model's recommended k, else ~9% of heads (the paper's 100 of 1152)."""
-    k = vlm.recommended_k or max(1, round(0.09 * vlm.n_layers * vlm.n_heads))
+    """Top-k heads by gaze score, k = `gazekit.evaluate.default_k(vlm)`: the model's recommended k, else the
+    paper's 100 of 1152 heads scaled to this model."""
+    from gazekit.evaluate import default_k
+
+    k = default_k(vlm)
     flat = np.argsort(-scores.ravel(), kind="stable")[:k]
     return [(int(i) // vlm.n_heads, int(i) % vlm.n_heads) for i in flat]
 
@@ -681,8 +605,9 @@ def _quant_bytes(folder, device) -> dict:
     import torch
 
     import gazekit
+    from gazekit.testing import load_processor
 
-    vlm = gazekit.load(str(folder), _load_qwen_processor(folder), quantize="4bit", dtype=torch.float16)
+    vlm = gazekit.load(str(folder), load_processor("qwen2_vl", folder), quantize="4bit", dtype=torch.float16)
     import bitsandbytes as bnb
 
     conv4 = conv16 = 0
@@ -762,13 +687,13 @@ class _ForkServer:
     its own baseline, but does not pay the ~5 s of imports again (the whole bench: 5.6 min instead of 8.7). One
     server serves one round of a model's memory jobs, so the rounds still start from independent heap layouts, as
     fresh interpreters would. On a CPU under Linux only (fork); elsewhere, and for GPU jobs (CUDA does not survive
-    a fork once anything has queried it, and imports may), each job is its own `python -m gazekit.bench --_worker`
+    a fork once anything has queried it, and imports may), each job is its own `python -m benchmarks.bench --_worker`
     process."""
 
     def __init__(self, env: dict, workdir: Path):
         fd, name = tempfile.mkstemp(prefix="fork-server-", suffix=".log", dir=workdir)
         self._log_path, self._log = Path(name), os.fdopen(fd, "w")
-        self._proc = subprocess.Popen([sys.executable, "-m", "gazekit.bench", "--_serve"], env=env, text=True,
+        self._proc = subprocess.Popen([sys.executable, "-m", "benchmarks.bench", "--_serve"], env=env, text=True,
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log)
         if self._proc.stdout.readline().strip() != "ready":
             self.close()
@@ -859,7 +784,7 @@ def _serve_main():
 
 def _run_job(spec: dict, isolate: bool, workdir: Path, server: Optional[_ForkServer] = None) -> dict:
     """One job: here (isolate=False), in a child of the fork server (memory jobs, when one is given), or in its own
-    fresh `python -m gazekit.bench --_worker` process."""
+    fresh `python -m benchmarks.bench --_worker` process."""
     if not isolate:
         return _worker(spec)
     tick = spec.pop("tick")
@@ -870,7 +795,7 @@ def _run_job(spec: dict, isolate: bool, workdir: Path, server: Optional[_ForkSer
     if server is not None and _is_memory_job(spec):
         code, stderr = server.run(spec_path)
     else:
-        proc = subprocess.run([sys.executable, "-m", "gazekit.bench", "--_worker", str(spec_path)],
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.bench", "--_worker", str(spec_path)],
                               env=_job_env(spec), capture_output=True, text=True)
         code, stderr = proc.returncode, proc.stderr
     if code != 0:
@@ -1049,7 +974,7 @@ def run(models: Sequence[str] = DEFAULT_MODELS, *, quick: bool = False, repeats:
         if m == "organism" and (why := _organism_missing(organism_dir)):
             results["models"][m] = {"skipped": why}
             if verbose:
-                print(f"[gazekit.bench] {m}: {why}", file=sys.stderr)
+                print(f"[benchmarks] {m}: {why}", file=sys.stderr)
             continue
         jobs.append(m)
     n_strips = {m: strips or DEFAULT_STRIPS[m] for m in jobs}
@@ -1061,7 +986,7 @@ def run(models: Sequence[str] = DEFAULT_MODELS, *, quick: bool = False, repeats:
     steps = sum((0 if m == "organism" else 1) + (0 if m in ("organism", *REAL_DIMS_ONLY) else 1)
                 + R * len(memory_jobs[m]) + R + (0 if m in REAL_DIMS_ONLY else 2)
                 + (R * len(EVAL_PROTOCOLS.get(m, ())) if evaluated[m] else 0) for m in jobs)
-    bar = tqdm(total=steps, desc="gazekit.bench", unit="step", disable=not progress)
+    bar = tqdm(total=steps, desc="benchmarks", unit="step", disable=not progress)
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gazekit-bench-") as tmp:
         tmp = Path(tmp)
@@ -1116,7 +1041,7 @@ def run(models: Sequence[str] = DEFAULT_MODELS, *, quick: bool = False, repeats:
     if out:
         Path(out).write_text(json.dumps(results, indent=1, default=_json_default))
         if verbose:
-            print(f"[gazekit.bench] wrote {out}", file=sys.stderr)
+            print(f"[benchmarks] wrote {out}", file=sys.stderr)
     return results
 
 
@@ -1196,13 +1121,15 @@ def format_table(results: dict) -> str:
     lines.insert(1, "-+-".join("-" * w for w in widths))
     dev = results["device"]
     where = dev.get("gpu") or dev.get("cpu") or dev["device"]
-    head = (f"gazekit.bench on {where} ({dev['device']}, {dev['torch_threads']} torch thread(s)), {results['dtype']}, "
+    head = (f"gazekit benchmark on {where} ({dev['device']}, {dev['torch_threads']} torch thread(s)), {results['dtype']}, "
             f"medians of {results['repeats']} repeat(s), {results['clock']} time" + (" [quick]" if results["quick"] else ""))
     return head + "\n" + "\n".join(lines)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m gazekit.bench", description=__doc__.split("\n\n")[0],
+    """The command line (`python -m benchmarks --help`); argv: the arguments (default sys.argv[1:]). Returns 0, also
+    when a target is missed (a measurement, not a test)."""
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer repeats (2) and 16 generated tokens")
     p.add_argument("--repeats", type=int, default=None, help="timing repeats per measure (default 3, quick 2)")
@@ -1235,7 +1162,7 @@ def main(argv=None):
     res = run(models, quick=a.quick, evaluation=not a.no_evaluation, repeats=a.repeats, out=a.out or None, threads=a.threads, device=a.device,
               dtype=a.dtype, gen_tokens=a.gen_tokens, progress=not a.no_progress, organism_dir=a.organism_dir,
               strips=a.strips,
-              command="python -m gazekit.bench " + " ".join(sys.argv[1:] if argv is None else argv))
+              command="python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv))
     return 0  # a measurement, not a test: misses are in the table and in the JSON ("missed")
 
 
