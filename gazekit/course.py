@@ -13,7 +13,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-__all__ = ["check_panel_tokens", "check_gaze_scores", "check_ranking", "check_staircase_break", "check_bias_row",
+__all__ = ["check_panel_tokens", "check_panel_attention", "check_gaze_scores", "check_value_weighted",
+           "check_nf4_roundtrip", "check_box_iou", "check_ranking", "check_staircase_break", "check_bias_row",
            "check_fair_control", "check_schedule", "check_schedule_from_captions", "check_ranking_agreement",
            "check_box_lift", "EXERCISES"]
 
@@ -73,6 +74,32 @@ def check_panel_tokens(fn: Callable) -> bool:
                    "when x0 <= x < x1 and y0 <= y < y1; index = r * cols + c")
 
 
+def panel_attention_reference(attn_row, regions) -> np.ndarray:
+    """Raw attention mass per region: the sum of `attn_row` (one query's attention over all keys) over each region's
+    positions — what `gazekit.capture` returns per head, NOT renormalised over the image."""
+    row = np.asarray(attn_row, dtype=float)
+    return np.array([row[np.asarray(pos, dtype=int)].sum() for pos in regions])
+
+
+def _attention_cases():
+    rng = np.random.default_rng(1)
+    out = []
+    for n_keys, image, per in ((40, 10, 4), (30, 3, 2), (25, 0, 1)):
+        row = rng.dirichlet(np.ones(n_keys) * 0.5)                 # sums to 1 over ALL keys, text included
+        regions = [np.arange(image + per * k, image + per * (k + 1)) for k in range(6)]
+        out.append((row, regions))
+    row = np.zeros(20); row[[2, 5, 6]] = [0.5, 0.3, 0.2]         # no attention on the image at all
+    out.append((row, [np.arange(10 + 2 * k, 12 + 2 * k) for k in range(4)]))
+    return out
+
+
+def check_panel_attention(fn: Callable) -> bool:
+    """Exercise 01b: `fn(attn_row [n_keys], regions) -> [n_regions]`, the raw attention mass on each region."""
+    return _report("panel attention", fn, _attention_cases(), panel_attention_reference, _same_array,
+                   "sum the row over each region's positions (row[positions].sum()); do not divide by the image's "
+                   "total: a head that ignores the image must score low on every panel")
+
+
 # -- 02: gaze scores and ranking from the 6x6 matrices -----------------------------------------------------------------
 def _matrices(seed: int, L: int = 2, H: int = 3) -> np.ndarray:
     """Raw attention mass [L, H, 6, 6]: rows do NOT sum to 1 (the rest of the attention goes to text tokens)."""
@@ -120,6 +147,28 @@ def check_staircase_break(fn: Callable) -> bool:
     return _report("staircase break", fn, cases, staircase_break_reference, lambda g, w: g == w,
                    "compare each token's panel with the previous token's; return the index of the first token that "
                    "goes back (not the one before it); equal panels are not a break; None when there is none")
+
+
+def value_weighted_reference(attn_row, value_norms, regions) -> np.ndarray:
+    """Value-weighted attention per region (Kobayashi et al. 2020), as `Trajectory.weighted` in the prefill:
+    a_j * |v_j| renormalised over all keys, then summed over each region's positions."""
+    w = np.asarray(attn_row, dtype=float) * np.asarray(value_norms, dtype=float)
+    return panel_attention_reference(w / w.sum(), regions)
+
+
+def check_value_weighted(fn: Callable) -> bool:
+    """Exercise 03b: `fn(attn_row [n_keys], value_norms [n_keys], regions) -> [n_regions]`."""
+    rng = np.random.default_rng(3)
+    cases = []
+    for row, regions in _attention_cases()[:3]:
+        cases.append((row, rng.uniform(0.1, 3.0, row.shape), regions))
+    row, regions = _attention_cases()[0]
+    cases.append((row, np.ones_like(row), regions))                # equal norms: the raw attention again
+    norms = np.ones_like(row); norms[regions[2]] = 10.0             # big values on panel 3 pull the weight there
+    cases.append((row, norms, regions))
+    return _report("value-weighted attention", fn, cases, value_weighted_reference, _same_array,
+                   "multiply each attention weight by its key's value norm, divide by the sum of those products over "
+                   "ALL keys (text too), then sum each region's positions")
 
 
 # -- 04: the boost/suppress bias row for one head ----------------------------------------------------------------------
@@ -251,6 +300,48 @@ def check_ranking_agreement(fn: Callable) -> bool:
                    "gazekit.evaluate.stats.spearman); shared = size of the intersection of the two top-k head sets")
 
 
+# The 16 NF4 levels (Dettmers et al. 2023, QLoRA): quantiles of a standard normal scaled to [-1, 1], as
+# bitsandbytes stores them (`bitsandbytes.functional.get_4bit_type("nf4")`).
+NF4_LEVELS = np.array([-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+                       -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+                       0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+                       0.7229568362236023, 1.0])
+
+
+def nf4_roundtrip_reference(weights, block: int = 64) -> np.ndarray:
+    """What 4-bit NF4 does to a weight array: split the flattened weights into blocks of `block`, scale each block
+    by its absolute maximum, replace every scaled weight by the nearest of the 16 `NF4_LEVELS`, scale back.
+    Equals bitsandbytes' quantize_4bit + dequantize_4bit (float32 absmax, no double quantization)."""
+    w = np.asarray(weights, dtype=np.float32)
+    flat = w.ravel()
+    out = np.empty_like(flat)
+    for start in range(0, flat.size, block):
+        chunk = flat[start:start + block]
+        absmax = np.float32(np.abs(chunk).max())
+        scaled = chunk / absmax if absmax > 0 else chunk
+        nearest = NF4_LEVELS[np.abs(scaled[:, None] - NF4_LEVELS[None, :]).argmin(1)].astype(np.float32)
+        out[start:start + block] = nearest * absmax
+    return out.reshape(w.shape)
+
+
+def check_nf4_roundtrip(fn: Callable) -> bool:
+    """Exercise 06b: `fn(weights, block) -> dequantized weights` (same shape), NF4 with one absmax per block."""
+    rng = np.random.default_rng(60)
+    cases = [(rng.normal(0, 0.02, (2, 64)).astype(np.float32), 64),
+             (rng.normal(0, 1.0, (128,)).astype(np.float32), 64),
+             (np.concatenate([rng.normal(0, 0.01, 63), [0.5]]).astype(np.float32), 64),  # one outlier sets the scale
+             (rng.uniform(-1, 1, (3, 32)).astype(np.float32), 32),
+             (np.linspace(-2, 0, 64, dtype=np.float32), 64)]                                # all negative
+
+    def same(g, w):
+        g = np.asarray(g, dtype=float)
+        return g.shape == w.shape and np.allclose(g, w, atol=1e-6)
+
+    return _report("NF4 round trip", fn, cases, nf4_roundtrip_reference, same,
+                   "per block: absmax = max |w|; scaled = w / absmax lies in [-1, 1]; take the NF4 level nearest to "
+                   "each scaled weight (not a uniform 16-step grid) and multiply back by absmax")
+
+
 # -- 07: judging a box experiment honestly --------------------------------------------------------------------------
 def box_lift_reference(name: str, unsteered, steered) -> tuple[float, float, float]:
     """(mention rate unsteered, mention rate steered, lift = steered / unsteered; NaN when unsteered is 0): a
@@ -277,8 +368,28 @@ def check_box_lift(fn: Callable) -> bool:
                    "'catalogue'); lift = steered rate / unsteered rate, NaN (not inf) when the unsteered rate is 0")
 
 
+def box_iou_reference(a, b) -> float:
+    """Intersection over union of two pixel boxes (x0, y0, x1, y1), right/bottom edges exclusive (a box 0..10 is 10
+    pixels wide); 0 when they do not overlap."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def check_box_iou(fn: Callable) -> bool:
+    """Exercise 07b: `fn(box_a, box_b) -> float`, intersection over union of two (x0, y0, x1, y1) boxes."""
+    cases = [((0, 0, 10, 10), (0, 0, 10, 10)), ((0, 0, 10, 10), (5, 0, 15, 10)), ((0, 0, 10, 10), (10, 0, 20, 10)),
+             ((0, 0, 128, 128), (256, 0, 384, 128)), ((0, 0, 100, 50), (25, 10, 50, 40)),
+             ((10, 10, 30, 40), (0, 20, 20, 60))]
+    return _report("box IoU", fn, cases, box_iou_reference, lambda g, w: np.isclose(float(g), w, atol=1e-9),
+                   "intersection = overlap width x overlap height, each clipped at 0; union = area a + area b - "
+                   "intersection; boxes that only touch share no pixels (width = x1 - x0, no +1)")
+
+
 # notebook -> the checks its exercises use (docs/teaching.md lists them with the skills they train)
-EXERCISES = {"01": ["check_panel_tokens"], "02": ["check_gaze_scores", "check_ranking"],
-             "03": ["check_staircase_break"], "04": ["check_bias_row", "check_fair_control"],
-             "05": ["check_schedule", "check_schedule_from_captions"], "06": ["check_ranking_agreement"],
-             "07": ["check_box_lift"]}
+EXERCISES = {"01": ["check_panel_tokens", "check_panel_attention"], "02": ["check_gaze_scores", "check_ranking"],
+             "03": ["check_staircase_break", "check_value_weighted"], "04": ["check_bias_row", "check_fair_control"],
+             "05": ["check_schedule", "check_schedule_from_captions"],
+             "06": ["check_ranking_agreement", "check_nf4_roundtrip"], "07": ["check_box_lift", "check_box_iou"]}

@@ -56,6 +56,80 @@ def ranking_agreement(scores_a, scores_b, k):
     return rho, len(top[0] & top[1])
 
 
+def panel_attention(attn_row, regions):
+    return np.array([attn_row[list(pos)].sum() for pos in regions])
+
+
+def panel_attention_renormalised(attn_row, regions):
+    mass = panel_attention(attn_row, regions)
+    return mass / mass.sum() if mass.sum() else mass
+
+
+def panel_attention_mean(attn_row, regions):
+    return np.array([attn_row[list(pos)].mean() for pos in regions])
+
+
+def value_weighted(attn_row, value_norms, regions):
+    w = attn_row * value_norms
+    return panel_attention(w / w.sum(), regions)
+
+
+def value_weighted_unnormalised(attn_row, value_norms, regions):
+    return panel_attention(attn_row * value_norms, regions)
+
+
+def value_weighted_over_image(attn_row, value_norms, regions):
+    mass = panel_attention(attn_row * value_norms, regions)
+    return mass / mass.sum()
+
+
+NF4 = course.NF4_LEVELS
+
+
+def nf4_roundtrip(weights, block):
+    flat = np.asarray(weights, dtype=np.float32).ravel()
+    out = np.empty_like(flat)
+    for i in range(0, flat.size, block):
+        chunk = flat[i:i + block]
+        absmax = np.abs(chunk).max()
+        idx = np.abs(chunk[:, None] / absmax - NF4[None, :]).argmin(1)
+        out[i:i + block] = NF4[idx] * absmax
+    return out.reshape(np.shape(weights))
+
+
+def nf4_roundtrip_uniform_grid(weights, block):
+    flat = np.asarray(weights, dtype=np.float32).ravel()
+    out = np.empty_like(flat)
+    grid = np.linspace(-1, 1, 16)
+    for i in range(0, flat.size, block):
+        chunk = flat[i:i + block]
+        absmax = np.abs(chunk).max()
+        out[i:i + block] = grid[np.abs(chunk[:, None] / absmax - grid[None, :]).argmin(1)] * absmax
+    return out.reshape(np.shape(weights))
+
+
+def nf4_roundtrip_one_scale(weights, block):
+    return nf4_roundtrip(weights, np.asarray(weights).size)   # one absmax for the whole tensor
+
+
+def box_iou(a, b):
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def box_iou_plus_one(a, b):
+    a2, b2 = (a[0], a[1], a[2] + 1, a[3] + 1), (b[0], b[1], b[2] + 1, b[3] + 1)
+    return box_iou(a2, b2)
+
+
+def box_iou_sum_of_areas(a, b):
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    return ix * iy / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]))
+
+
 def stub(*args):
     raise NotImplementedError("your code here")
 
@@ -189,6 +263,10 @@ def box_lift_inf(name, unsteered, steered):
 
 
 CHECKS = [
+    (course.check_panel_attention, panel_attention, [panel_attention_renormalised, panel_attention_mean]),
+    (course.check_value_weighted, value_weighted, [value_weighted_unnormalised, value_weighted_over_image]),
+    (course.check_nf4_roundtrip, nf4_roundtrip, [nf4_roundtrip_uniform_grid, nf4_roundtrip_one_scale]),
+    (course.check_box_iou, box_iou, [box_iou_plus_one, box_iou_sum_of_areas]),
     (course.check_panel_tokens, panel_tokens, [panel_tokens_off_by_one, panel_tokens_inclusive]),
     (course.check_gaze_scores, gaze_scores, [gaze_scores_renormalised, gaze_scores_sum]),
     (course.check_ranking, ranking, [ranking_ascending, ranking_unstable_ties]),
@@ -246,3 +324,54 @@ def test_fair_control_pool_is_the_pool_gazekit_draws_from():
         for draw in range(5):
             c = GazeScores.from_matrix(m).controls(k, pool="image-matched", seed=draw)
             assert c.pool_size == len(pool) and {tuple(map(int, h)) for h in c} <= set(pool)
+
+
+def test_nf4_reference_equals_bitsandbytes():
+    """The exercise's NF4 round trip is what bitsandbytes does to a weight (the oracle)."""
+    import torch
+    bnb_functional = pytest.importorskip("bitsandbytes.functional")
+    assert np.allclose(course.NF4_LEVELS, bnb_functional.get_4bit_type("nf4", device="cpu").numpy())
+    w = torch.randn(6, 128, generator=torch.Generator().manual_seed(0)) * 0.05
+    q, state = bnb_functional.quantize_4bit(w, blocksize=64, quant_type="nf4")
+    want = bnb_functional.dequantize_4bit(q, state).numpy()
+    assert np.allclose(course.nf4_roundtrip_reference(w.numpy(), 64), want, atol=1e-6)
+
+
+def test_panel_attention_and_value_weighted_equal_gazekit_on_the_organism():
+    """The references for 01b and 03b are what gazekit.capture and gazekit.track compute, checked against a naive
+    output_attentions=True forward of the embedded organism with the value vectors read off v_proj (the oracle)."""
+    import torch
+    import gazekit
+    from gazekit.comics import synthetic
+
+    vlm = gazekit.load()
+    strip = synthetic(1, seed=0)[0]
+    prompt = gazekit.panel_question(2)
+    prep = vlm.prepare(strip, prompt)
+    lm = vlm.adapter.language_model()
+    values = {}
+    hooks = [layer.self_attn.v_proj.register_forward_hook(lambda m, i, o, li=li: values.__setitem__(li, o[0]))
+             for li, layer in enumerate(lm.layers)]
+    before = vlm.model.config.get_text_config()._attn_implementation
+    vlm.model.set_attn_implementation({"text_config": "eager"})   # only eager attention returns its weights
+    try:
+        with torch.no_grad():
+            out = vlm.model(**prep, output_attentions=True, use_cache=False)
+    finally:
+        vlm.model.set_attn_implementation({"text_config": before})
+        for h in hooks:
+            h.remove()
+    regions = [r.numpy() for r in prep.regions]
+    att = gazekit.capture(vlm, strip, prompt)
+    cfg = lm.config
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    group = cfg.num_attention_heads // cfg.num_key_value_heads
+    assert len(out.attentions) == vlm.n_layers
+    for layer, attn in enumerate(out.attentions):
+        for head in (0, 7, 15):
+            row = attn[0, head, -1].float().numpy()
+            assert np.allclose(course.panel_attention_reference(row, regions), att[layer, head], atol=1e-5)
+            kv = head // group
+            norms = values[layer][:, kv * head_dim:(kv + 1) * head_dim].norm(dim=-1).numpy()
+            traj = gazekit.track(vlm, strip, prompt, [(layer, head)], max_new_tokens=1)
+            assert np.allclose(course.value_weighted_reference(row, norms, regions), traj.weighted[0, 0], atol=1e-5)
