@@ -203,23 +203,28 @@ class HeadPicker(_Widget):
 
     @property
     def head(self):
+        """The selected head as a `Head(layer, head)`, from the two sliders."""
         from gazekit.steer import Head
 
         return Head(int(self.layer_slider.value), int(self.head_slider.value))
 
     @property
     def matrix(self) -> np.ndarray:
+        """The selected head's 6x6 matrix: attention on each panel (columns) per asked panel (rows)."""
         return self.scores.matrix[self.head]
 
     @property
     def score(self) -> float:
+        """The selected head's gaze score (mean of its matrix's diagonal, raw attention mass)."""
         return float(self.scores.scores[self.head])
 
     @property
     def rank(self) -> int:
+        """The selected head's 1-based rank in the gaze-score ranking (1 = highest score)."""
         return self._rank_of[self.head]
 
     def refresh(self):
+        """Redraw the matrix and the score line for the selected head."""
         from gazekit.plots import plot_head_matrix
 
         h = self.head
@@ -308,15 +313,18 @@ class TargetPicker(_Widget):
     # -- state ------------------------------------------------------------------------------------------------
     @property
     def target(self):
+        """The region steered toward (1-based panel or box name), or None for "no steering"."""
         v = self.target_menu.value
         return None if v == 0 else v
 
     @property
     def k(self) -> int:
+        """How many heads are steered (the K slider; unused when the heads are fixed or "all")."""
         return int(self.k_slider.value)
 
     @property
     def condition(self) -> str:
+        """Which heads are steered: "top", "random" or "all" from the menu, or "fixed" when heads were given."""
         return "fixed" if self.fixed_heads is not None else self.condition_menu.value
 
     @property
@@ -369,6 +377,7 @@ class TargetPicker(_Widget):
         return self._cache[key]
 
     def refresh(self):
+        """Answer steered and unsteered (cached per target and heads), judge them and redraw the attention bars."""
         heads = self.heads
         self.answer, self.attention = self._run(self.target, heads)
         self.unsteered_answer, self.unsteered_attention = self._run(None, heads)
@@ -487,6 +496,7 @@ class ScheduleBuilder(_Widget):
     # -- state ------------------------------------------------------------------------------------------------
     @property
     def order(self) -> list:
+        """The scheduled targets (1-based panels or box names), segment by segment, up to the first menu set to "off"."""
         out = []
         for m in self.segment_menus:
             if m.value == 0:
@@ -496,6 +506,7 @@ class ScheduleBuilder(_Widget):
 
     @property
     def every(self) -> int:
+        """Generated tokens per segment; 0 means switch at each full stop (one segment per sentence)."""
         return int(self.every_slider.value)
 
     @property
@@ -558,10 +569,12 @@ class ScheduleBuilder(_Widget):
 
     # -- work -------------------------------------------------------------------------------------------------
     def run(self):
+        """Generate with the current schedule (same as `refresh`); returns the builder, so it displays in a cell."""
         self.refresh()
         return self
 
     def refresh(self):
+        """Generate steered along the schedule and unsteered, and redraw the per-segment panel attention."""
         import gazekit
 
         order = self.order
@@ -721,6 +734,7 @@ class BoxSelector(_Widget):
         self._on_change()
 
     def refresh(self):
+        """Answer steered toward the selected box (cached per box) and redraw the image with the box outlined."""
         import gazekit
 
         target = self.target
