@@ -496,7 +496,7 @@ class ScheduleBuilder(_Widget):
     # -- state ------------------------------------------------------------------------------------------------
     @property
     def order(self) -> list:
-        """The scheduled targets (1-based panels or box names), segment by segment, up to the first menu set to "off"."""
+        """The scheduled targets (1-based panels or box names), in segment order, up to the first menu set to "off"."""
         out = []
         for m in self.segment_menus:
             if m.value == 0:
