@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from gazekit.capture import _RegionRecorder, capture_prepared
+from gazekit.intervene import implements, intervene
 from gazekit.regions import N_PANELS, Strip, panel_question
 from gazekit.models.vlm import LayoutMismatch
 from gazekit.steer import Head
@@ -360,7 +361,6 @@ def _strips_matrix_fast(vlm, strips, questions, mode=None):
             p = vlm.prepare_batch(strips, [q] * B)
             p = {k: v for k, v in p.items() if _token_aligned(v, p.prompt_len)}
         preps.append(p)
-    vlm._current = first
     ids = [p["input_ids"] for p in preps]  # [B, L_q] each
     n = min(x.shape[1] for x in ids)
     same = (torch.stack([x[:, :n] for x in ids]) == ids[0][:, :n]).all(0).all(0)  # [n]: shared by every question
@@ -381,7 +381,7 @@ def _strips_matrix_fast(vlm, strips, questions, mode=None):
     # per-token inputs other than the ids (masks, token types): the shared prefix, then every suffix's own
     joined = {k: torch.cat([first[k][:, :common]] + [p[k][:, common:] for p in preps], dim=1)
               for k in first if k != "input_ids" and _token_aligned(first[k], ids[0].shape[1])}
-    steering = vlm._session is not None and bool(vlm._session.steerers)
+    steering = any(implements(i, "key_bias") for i in vlm.interventions)
     window = _shortest_window(model)
     fits = window >= common + S  # every layer sees the whole packed row
     if mode is None:
@@ -398,9 +398,9 @@ def _strips_matrix_fast(vlm, strips, questions, mode=None):
     out = np.zeros((B, vlm.n_layers, vlm.n_heads, Q, len(regions)))
 
     def run(inputs, query_rows=None):
-        rec = _RegionRecorder(vlm, lambda session: regions, query_rows=query_rows)
-        with vlm._intervene(rec, "record"):
-            model(**inputs, **keep)
+        rec = _RegionRecorder(vlm, regions, query_rows=query_rows)
+        with intervene(vlm, rec):
+            vlm.forward(first, inputs, **keep)  # bound to `first`: an active steer resolves its target there
         step = max(rec.raw)
         return torch.stack([rec.raw[step][l] for l in range(vlm.n_layers)]).numpy()  # [L, rows, H, R]
 
@@ -421,7 +421,7 @@ def _strips_matrix_fast(vlm, strips, questions, mode=None):
 
     cache = DynamicCache(config=model.config.get_text_config())
     prefix = {k: (v[:, :common] if _token_aligned(v, ids[0].shape[1]) else v) for k, v in first.items()}
-    model(**prefix, **{cache_kw: cache}, use_cache=True, **keep)
+    vlm.forward(first, prefix, **{cache_kw: cache}, use_cache=True, **keep)
     on_cache = {cache_kw: cache, "use_cache": True}
     if mode == "packed":
         extras = vlm.adapter.suffix_inputs(joined, common, packed, positions=positions)
