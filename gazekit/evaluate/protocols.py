@@ -201,10 +201,15 @@ class _Runner:
         self.vlm, self.log, self.judge = vlm, log, judge
         self.mode, self.strength, self.phase, self.pbar = mode, float(strength), phase, pbar
         self.model = getattr(vlm, "name", type(vlm).__name__)
-        self.intervention = intervention or self._steering
+        # kept as given, not as `intervention or self._steering`: a bound method stored on the runner would make a
+        # reference cycle that keeps the run log (and its file lock) open after the protocol returns
+        self._intervention = intervention
         self._spec = spec
 
-    def _steering(self, heads, target):
+    def intervention(self, heads, target):
+        """The context manager an arm with `heads` runs under (steering toward `target`, or the given factory)."""
+        if self._intervention is not None:
+            return self._intervention(heads, target)
         return _steer(self.vlm, heads, target, mode=self.mode, strength=self.strength, phase=self.phase)
 
     def spec(self, arm: Arm, target):
