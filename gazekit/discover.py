@@ -341,7 +341,8 @@ def strips_matrix_fast(vlm, strips: Sequence[Strip], questions, mode: Optional[s
       "packed": the prefix once into a KV cache, then the six suffixes packed in one row on it (Qwen's M-RoPE:
           the prefix's positions come from the model). No copy of the cache.
       "batched": the six suffixes as a batch on six copies of the cache (sliding-window layers, which a 4-D mask
-          cannot express next to full ones, and a steered prefill).
+          cannot express next to full ones, and a steered prefill; "sequential" instead when an output edit such
+          as `gazekit.ablate` is active too).
       "sequential": one suffix at a time on the one cache, cropped back after each (least memory, slowest).
     Measured on the organism (one strip, 53-token prompts, 1 CPU thread): single 11 ms, packed and batched 13,
     sequential 31; six full forwards 26 ms with sdpa, 37 ms with the reference's eager attention."""
@@ -382,10 +383,15 @@ def _strips_matrix_fast(vlm, strips, questions, mode=None):
     joined = {k: torch.cat([first[k][:, :common]] + [p[k][:, common:] for p in preps], dim=1)
               for k in first if k != "input_ids" and _token_aligned(first[k], ids[0].shape[1])}
     steering = any(implements(i, "key_bias") for i in vlm.interventions)
+    # output edits (gazekit.ablate) keep per-sequence state that a copied, re-batched cache would not match
+    editing = any(implements(i, "edit_output") for i in vlm.interventions)
     window = _shortest_window(model)
     fits = window >= common + S  # every layer sees the whole packed row
     if mode is None:
-        mode = "batched" if steering or not fits else ("single" if vlm.adapter.supports_packed_prompt else "packed")
+        if steering or not fits:
+            mode = "sequential" if editing and fits else "batched"
+        else:
+            mode = "single" if vlm.adapter.supports_packed_prompt else "packed"
     if mode not in ("single", "packed", "batched", "sequential"):
         raise ValueError(f"mode must be 'single', 'packed', 'batched' or 'sequential', got {mode!r}")
     if mode == "single" and not vlm.adapter.supports_packed_prompt:

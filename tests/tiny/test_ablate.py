@@ -198,6 +198,33 @@ def test_unselected_heads_untouched_and_batch_rows_independent(case):
             assert (a[r] - b[0]).abs().max().item() <= 1e-4
 
 
+@pytest.mark.parametrize("how", ["zero", "mean", "uniform"])
+def test_discovery_under_ablation_equals_naive_in_every_mode(case, how):
+    """Gaze scores measured with heads ablated: the shared-prefix modes give the naive path's matrices (the mean
+    and the uniform edit follow each suffix's own mask), or refuse with a clear error (mean on copied caches)."""
+    from gazekit.discover import strip_matrix, strip_matrix_fast
+
+    family, vlm, strip = case
+    questions = [panel_question(k) for k in range(1, 7)]
+    plain = strip_matrix(vlm, strip, questions)
+    with gazekit.ablate(vlm, [(0, 1), (0, 3)], how=how):
+        want = strip_matrix(vlm, strip, questions)
+        assert np.abs(gazekit.discover(vlm, [strip], progress=False).matrix - want).max() <= 1e-5
+        with gazekit.steer(vlm, [(vlm.n_layers - 1, 0)], target=2):  # steered too: sequential, not batched
+            both = strip_matrix(vlm, strip, questions)
+            assert np.abs(gazekit.discover(vlm, [strip], progress=False).matrix - both).max() <= 1e-5
+        for mode in ("single", "packed", "batched", "sequential"):
+            if mode == "single" and not vlm.adapter.supports_packed_prompt:
+                continue
+            if mode == "batched" and how == "mean":
+                with pytest.raises(RuntimeError, match="one sequence per batch row"):
+                    strip_matrix_fast(vlm, strip, questions, mode=mode)
+                continue
+            got = strip_matrix_fast(vlm, strip, questions, mode=mode)
+            assert np.abs(got - want).max() <= 1e-5, (family, how, mode)
+    assert np.abs(want - plain)[1:].max() > 1e-4  # the ablation changed what later layers attend to
+
+
 def _snapshot(model):
     return {"state": {k: v.detach().clone() for k, v in model.state_dict().items()}, "impl": text_attn(model),
             "hooks": [(n, len(m._forward_pre_hooks), len(m._forward_hooks)) for n, m in model.named_modules()]}
