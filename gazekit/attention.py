@@ -26,11 +26,12 @@ Precision (a deliberate choice): the bias is shifted per query row so that the l
 from __future__ import annotations
 
 import contextlib
-import sys
 import threading
 from typing import Callable, Optional
 
 import torch
+
+from gazekit.models import _compat
 
 _SESSIONS: dict[int, "Session"] = {}  # id(attention module) -> session of the VLM that owns it
 _LOCK = threading.RLock()
@@ -51,26 +52,12 @@ def _register():
     _REGISTERED = True
 
 
-def _stock_sdpa():
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    return sdpa_attention_forward
-
-
-def _stock_eager(module):
-    mod = sys.modules[type(module).__module__]
-    fn = getattr(mod, "eager_attention_forward", None)
-    if fn is None:
-        raise RuntimeError(f"{type(module).__module__} has no eager_attention_forward; use sdpa for this model")
-    return fn
-
-
 def _gazekit_sdpa(module, query, key, value, attention_mask, **kwargs):
-    return _forward(_stock_sdpa(), module, query, key, value, attention_mask, **kwargs)
+    return _forward(_compat.stock_sdpa(), module, query, key, value, attention_mask, **kwargs)
 
 
 def _gazekit_eager(module, query, key, value, attention_mask, **kwargs):
-    return _forward(_stock_eager(module), module, query, key, value, attention_mask, **kwargs)
+    return _forward(_compat.stock_eager(module), module, query, key, value, attention_mask, **kwargs)
 
 
 def _additive_mask(attention_mask, B, Q, K, dtype, device) -> torch.Tensor:
@@ -99,7 +86,7 @@ def _forward(stock: Callable, module, query, key, value, attention_mask, **kwarg
     K = key.shape[-2]
     own_mask = attention_mask  # the layer's mask before any steering bias: what output edits see
     out = None
-    if Q > 1 and stock is _stock_sdpa() and kwargs.get("position_bias") is None:
+    if Q > 1 and stock is _compat.stock_sdpa() and kwargs.get("position_bias") is None:
         rows = session.head_keys(layer, K, query.device)
         if rows is not None:
             out = _forward_split(stock, session, layer, rows, module, query, key, value, attention_mask, **kwargs)
@@ -208,15 +195,6 @@ def _record_last_row(session, layer, module, query, key, value, attention_mask, 
     session.record(layer, probs, vnorm, K)
 
 
-def _set_config_impl(cfg, name):
-    """Set one config's attention implementation, not its sub-configs' (the public setter also sets those: a
-    config that is both the text and the top-level config would change its vision tower's too)."""
-    if hasattr(cfg, "_attn_implementation_internal"):
-        cfg._attn_implementation_internal = name
-    else:
-        cfg._attn_implementation = name
-
-
 class Session:
     """Per-model state while interventions are active; what every intervention hook receives as `session`.
 
@@ -283,7 +261,7 @@ class Session:
                 _SESSIONS[mid] = self
         try:
             for cfg in configs:
-                _set_config_impl(cfg, name)
+                _compat.set_own_attn_implementation(cfg, name)
             self._hook = model.register_forward_pre_hook(self._pre_forward, with_kwargs=True)
         except BaseException:
             self.uninstall()
@@ -295,7 +273,7 @@ class Session:
                 self._hook.remove()
                 self._hook = None
             for cfg, impl in self._previous_impl or ():
-                _set_config_impl(cfg, impl)
+                _compat.set_own_attn_implementation(cfg, impl)
             self._previous_impl = None
         finally:
             self.prepared = None
@@ -324,8 +302,7 @@ class Session:
         ids = kwargs.get("input_ids", args[0] if args else None)
         embeds = kwargs.get("inputs_embeds")
         n_new = ids.shape[1] if ids is not None else embeds.shape[1]
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))  # renamed "cache" in transformers 5.2x
-        past = int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
+        past = _compat.past_length(kwargs)
         # the input this forward belongs to: bound explicitly (VLM.forward/generate), else the Prepared whose own
         # input_ids tensor this is (a raw model(**prepared) call); a decode step keeps its sequence's
         owner = Prepared.owning(ids)
