@@ -221,7 +221,7 @@ def _check_target(target):
 
 @contextlib.contextmanager
 def steer(vlm, heads, target, *, mode: Mode = "boost_suppress", strength: float = 1e4, phase: Phase = "all"):
-    """Bias `heads` toward `target` for every input prepared inside the context; restores the model on exit.
+    """Bias `heads` toward `target` for every forward run inside the context; restores the model on exit.
 
     heads: list of (layer, head) (e.g. `scores.top(8)`), or "all". target: 1-based panel/region number, region name,
     box (x0, y0, x1, y1) in image pixels, schedule {decode_step: target} (0 = first generated token; a target holds
