@@ -434,7 +434,7 @@ def shared_prefix(vlm, strips, questions) -> SharedPrefix:
                         joined=joined, shares_image=shares_image)
 
 
-MODES = ("single", "packed", "batched", "sequential")
+DISCOVERY_MODES = ("single", "packed", "batched", "sequential")
 
 
 def choose_mode(vlm, sp: SharedPrefix, mode: Optional[str] = None) -> str:
@@ -449,7 +449,7 @@ def choose_mode(vlm, sp: SharedPrefix, mode: Optional[str] = None) -> str:
             mode = "sequential" if editing and fits else "batched"
         else:
             mode = "single" if vlm.adapter.supports_packed_prompt else "packed"
-    if mode not in MODES:
+    if mode not in DISCOVERY_MODES:
         raise ValueError(f"mode must be 'single', 'packed', 'batched' or 'sequential', got {mode!r}")
     if mode == "single" and not vlm.adapter.supports_packed_prompt:
         raise ValueError(f"mode='single' is not available for {vlm.family} (see Adapter.supports_packed_prompt); "
