@@ -1,9 +1,12 @@
 """gazekit — find and steer the gaze heads of vision-language models (Gandikota & Bau 2026).
 
 The pipeline, one verb per stage: `load` → `capture` → `discover` → `steer` / `track` → `gazekit.evaluate`.
+`intervene` runs your own `Intervention`s (what `steer`, `capture`, `track` and `ablate` are built on).
 """
+from gazekit.ablate import HOWS, AblateSpec, ablate
 from gazekit.capture import capture
 from gazekit.discover import GazeScores, discover
+from gazekit.intervene import Intervention, intervene
 from gazekit.models import VLM, Prepared, UnsupportedModelError, load, supported_families
 from gazekit import organism as _organism  # noqa: F401,I001 - registers the organism's adapter; load()'s default
 from gazekit.regions import (NARRATION_PROMPT, PANEL_BY_PANEL_PROMPT, REFERENCE_DYNAMIC_PROMPT,
@@ -13,7 +16,7 @@ from gazekit.track import Trajectory, track
 
 __version__ = "0.1.0"
 
-__all__ = ["GazeScores", "Head", "MODES", "NARRATION_PROMPT", "PANEL_BY_PANEL_PROMPT", "Prepared",
-           "REFERENCE_DYNAMIC_PROMPT", "REFERENCE_TRAJECTORY_PROMPT", "Scene",
-           "SteerSpec", "Strip", "Trajectory", "UnsupportedModelError", "VLM", "VQA_QUESTION", "capture", "discover",
-           "load", "panel_question", "RowTargets", "steer", "supported_families", "track"]
+__all__ = ["AblateSpec", "GazeScores", "HOWS", "Head", "Intervention", "MODES", "NARRATION_PROMPT",
+           "PANEL_BY_PANEL_PROMPT", "Prepared", "REFERENCE_DYNAMIC_PROMPT", "REFERENCE_TRAJECTORY_PROMPT", "RowTargets",
+           "Scene", "SteerSpec", "Strip", "Trajectory", "UnsupportedModelError", "VLM", "VQA_QUESTION", "ablate",
+           "capture", "discover", "intervene", "load", "panel_question", "steer", "supported_families", "track"]

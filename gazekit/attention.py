@@ -10,6 +10,10 @@ layer that function
 then calls the stock sdpa/eager function, so unselected heads compute exactly what they did before.
 A forward pre-hook on the model counts decode steps (0 = the forward that produces the first generated token).
 
+Interventions (`gazekit.intervene`: steerers, recorders, head edits such as `gazekit.ablate`) reach this function
+through the `Session` of their model; after the stock function, interventions that edit head outputs rewrite
+their heads' slices of its output.
+
 Everything is installed when the first intervention opens and removed when the last one closes — also when an
 exception escapes — restoring the previous attention implementation; a test checks the model is bit-for-bit as
 before.
@@ -21,11 +25,13 @@ Precision (a deliberate choice): the bias is shifted per query row so that the l
 """
 from __future__ import annotations
 
-import sys
+import contextlib
 import threading
 from typing import Callable, Optional
 
 import torch
+
+from gazekit.models import _compat
 
 _SESSIONS: dict[int, "Session"] = {}  # id(attention module) -> session of the VLM that owns it
 _LOCK = threading.RLock()
@@ -46,26 +52,12 @@ def _register():
     _REGISTERED = True
 
 
-def _stock_sdpa():
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    return sdpa_attention_forward
-
-
-def _stock_eager(module):
-    mod = sys.modules[type(module).__module__]
-    fn = getattr(mod, "eager_attention_forward", None)
-    if fn is None:
-        raise RuntimeError(f"{type(module).__module__} has no eager_attention_forward; use sdpa for this model")
-    return fn
-
-
 def _gazekit_sdpa(module, query, key, value, attention_mask, **kwargs):
-    return _forward(_stock_sdpa(), module, query, key, value, attention_mask, **kwargs)
+    return _forward(_compat.stock_sdpa(), module, query, key, value, attention_mask, **kwargs)
 
 
 def _gazekit_eager(module, query, key, value, attention_mask, **kwargs):
-    return _forward(_stock_eager(module), module, query, key, value, attention_mask, **kwargs)
+    return _forward(_compat.stock_eager(module), module, query, key, value, attention_mask, **kwargs)
 
 
 def _additive_mask(attention_mask, B, Q, K, dtype, device) -> torch.Tensor:
@@ -92,17 +84,30 @@ def _forward(stock: Callable, module, query, key, value, attention_mask, **kwarg
     layer = session.layer_of[id(module)]
     B, Hq, Q, _ = query.shape
     K = key.shape[-2]
-    if Q > 1 and stock is _stock_sdpa() and kwargs.get("position_bias") is None:
+    own_mask = attention_mask  # the layer's mask before any steering bias: what output edits see
+    out = None
+    if Q > 1 and stock is _compat.stock_sdpa() and kwargs.get("position_bias") is None:
         rows = session.head_keys(layer, K, query.device)
         if rows is not None:
-            return _forward_split(stock, session, layer, rows, module, query, key, value, attention_mask, **kwargs)
-    bias = session.bias(layer, B, Hq, Q, K, query.device)  # [B, Hq, 1, K] float32 key bias, or None
-    if bias is not None:
-        attention_mask = _biased_mask(attention_mask, bias, B, Q, K, query.dtype, query.device)
-        kwargs.pop("is_causal", None)
-    if session.recording:
-        _record_last_row(session, layer, module, query, key, value, attention_mask, kwargs.get("scaling"))
-    return stock(module, query, key, value, attention_mask, **kwargs)
+            out = _forward_split(stock, session, layer, rows, module, query, key, value, attention_mask, **kwargs)
+    if out is None:
+        bias = session.bias(layer, B, Hq, Q, K, query.device)  # [B, Hq, 1, K] float32 key bias, or None
+        if bias is not None:
+            attention_mask = _biased_mask(attention_mask, bias, B, Q, K, query.dtype, query.device)
+            kwargs.pop("is_causal", None)
+        if session.recording:
+            _record_last_row(session, layer, module, query, key, value, attention_mask, kwargs.get("scaling"))
+        out = stock(module, query, key, value, attention_mask, **kwargs)
+    if session.editors:
+        session.edit(layer, out[0], query, key, value, own_mask)
+    return out
+
+
+def visible_keys(attention_mask, B, Q, K, device) -> torch.Tensor:
+    """Which keys each query row may see under a layer's mask (None = causal, bool, or additive float), as a bool
+    tensor [B, 1 or heads, Q, K] (keys right-aligned to the K the layer sees)."""
+    add = _additive_mask(attention_mask, B, Q, K, torch.float32, device)
+    return add > torch.finfo(torch.float32).min / 2
 
 
 def _biased_mask(attention_mask, bias, B, Q, K, dtype, device) -> torch.Tensor:
@@ -190,30 +195,58 @@ def _record_last_row(session, layer, module, query, key, value, attention_mask, 
     session.record(layer, probs, vnorm, K)
 
 
-def _set_config_impl(cfg, name):
-    """Set one config's attention implementation, not its sub-configs' (the public setter also sets those: a
-    config that is both the text and the top-level config would change its vision tower's too)."""
-    if hasattr(cfg, "_attn_implementation_internal"):
-        cfg._attn_implementation_internal = name
-    else:
-        cfg._attn_implementation = name
-
-
 class Session:
-    """Per-VLM state while interventions are active. Created and closed by `gazekit.models.vlm.VLM._intervene`."""
+    """Per-model state while interventions are active; what every intervention hook receives as `session`.
+
+    Created and closed by `VLM.intervene` (`gazekit.intervene`). Fields a hook may read (see `gazekit.intervene`'s
+    module doc): `vlm`, `prepared` (the `Prepared` input of the forward being run, or None when the forward was
+    given no prepared input), `step` (0 = the forward producing the first new token), `prompt_len`, `total_len`
+    (sequence length after this forward), `generated` (token ids generated so far, row 0), `interventions`."""
 
     def __init__(self, vlm):
         self.vlm = vlm
         modules = vlm.adapter.attention_modules()
         self.layer_of = {id(m): i for i, m in enumerate(modules)}
+        self.interventions: list = []
+        # the interventions taking part in each hook, in attach order (a hook left as the default is never called)
+        self.steppers: list = []
         self.steerers: list = []
+        self.editors: list = []
         self.recorders: list = []
         self.step = 0
         self.prompt_len = 0
         self.total_len = 0
         self.generated: list[int] = []
+        self.prepared = None
+        self._bound: list = []  # inputs bound by VLM.forward/generate, innermost last
         self._hook = None
         self._previous_impl = None
+
+    # -- interventions -----------------------------------------------------------------------------------------------
+    def attach(self, item):
+        from gazekit.intervene import implements
+
+        self.interventions.append(item)
+        for hook, bucket in (("on_step", self.steppers), ("key_bias", self.steerers), ("edit_output", self.editors),
+                             ("record", self.recorders)):
+            if implements(item, hook):
+                bucket.append(item)
+
+    def detach(self, item):
+        for bucket in (self.interventions, self.steppers, self.steerers, self.editors, self.recorders):
+            for i, x in enumerate(bucket):
+                if x is item:
+                    del bucket[i]
+                    break
+
+    @contextlib.contextmanager
+    def bind(self, prepared):
+        """Bind `prepared` to the forwards run inside the block (`VLM.forward`/`generate`)."""
+        self._bound.append(prepared)
+        try:
+            yield
+        finally:
+            self._bound.pop()
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
     def install(self):
@@ -228,7 +261,7 @@ class Session:
                 _SESSIONS[mid] = self
         try:
             for cfg in configs:
-                _set_config_impl(cfg, name)
+                _compat.set_own_attn_implementation(cfg, name)
             self._hook = model.register_forward_pre_hook(self._pre_forward, with_kwargs=True)
         except BaseException:
             self.uninstall()
@@ -240,9 +273,10 @@ class Session:
                 self._hook.remove()
                 self._hook = None
             for cfg, impl in self._previous_impl or ():
-                _set_config_impl(cfg, impl)
+                _compat.set_own_attn_implementation(cfg, impl)
             self._previous_impl = None
         finally:
+            self.prepared = None
             with _LOCK:
                 for mid in self.layer_of:
                     if _SESSIONS.get(mid) is self:
@@ -263,11 +297,21 @@ class Session:
 
     # -- step bookkeeping (forward pre-hook on the whole model) --------------------------------------------------
     def _pre_forward(self, module, args, kwargs):
+        from gazekit.models.vlm import Prepared
+
         ids = kwargs.get("input_ids", args[0] if args else None)
         embeds = kwargs.get("inputs_embeds")
         n_new = ids.shape[1] if ids is not None else embeds.shape[1]
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))  # renamed "cache" in transformers 5.2x
-        past = int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
+        past = _compat.past_length(kwargs)
+        # the input this forward belongs to: bound explicitly (VLM.forward/generate), else the Prepared whose own
+        # input_ids tensor this is (a raw model(**prepared) call); a decode step keeps its sequence's
+        owner = Prepared.owning(ids)
+        if self._bound:
+            self.prepared = self._bound[-1]
+        elif owner is not None:
+            self.prepared = owner
+        elif past == 0:
+            self.prepared = None
         if past == 0:
             self.prompt_len = n_new
             self.generated = []
@@ -275,11 +319,18 @@ class Session:
             self.generated.append(int(ids[0, -1]))
         self.total_len = past + n_new
         self.step = self.total_len - self.prompt_len
-        for s in self.steerers:
+        for s in self.steppers:
             s.on_step(self)
-        for r in self.recorders:
-            r.on_step(self)
         return None
+
+    def require_prepared(self, who: str):
+        """`self.prepared`, or a clear error naming how to bind an input (for interventions that need regions)."""
+        if self.prepared is None:
+            raise RuntimeError(f"{who}: this forward has no prepared input to find its regions in; run the model "
+                               "through vlm.ask / vlm.generate(prepared) / vlm.forward(prepared) inside the context "
+                               "(a raw vlm.model(**prepared) call is recognised too; vlm.model.generate(**prepared) "
+                               "copies its inputs and is not)")
+        return self.prepared
 
     # -- what the attention function asks ------------------------------------------------------------------------
     @property
@@ -296,17 +347,21 @@ class Session:
 
     @property
     def want_value_norms(self) -> bool:
-        return any(r.value_norms for r in self.recorders)
+        return any(getattr(r, "value_norms", False) for r in self.recorders)
 
     def record(self, layer, probs, vnorm, K):
         for r in self.recorders:
             r.record(self, layer, probs, vnorm, K)
 
+    def edit(self, layer, output, query, key, value, attention_mask):
+        for e in self.editors:
+            e.edit_output(self, layer, output, query, key, value, attention_mask)
+
     def head_keys(self, layer, K, device):
         """(sorted steered heads of `layer`, their summed key bias [n, K] float32), or None."""
         acc: dict = {}
         for s in self.steerers:
-            r = s.head_keys(self, layer, K, device)
+            r = s.key_bias(self, layer, K, device)
             if r is not None:
                 for h in r[0]:
                     acc[h] = r[1] if h not in acc else acc[h] + r[1]
@@ -320,10 +375,15 @@ class Session:
         return heads, torch.stack(rows)
 
     def bias(self, layer, B, Hq, Q, K, device) -> Optional[torch.Tensor]:
-        """Sum of the active steerers' key biases for this layer: [B, Hq, 1, K] float32 (zeros for other heads)."""
+        """Sum of the active interventions' key biases for this layer: [B, Hq, 1, K] float32 (zeros for other
+        heads), or None."""
         total = None
         for s in self.steerers:
-            b = s.bias(self, layer, B, Hq, Q, K, device)
-            if b is not None:
-                total = b if total is None else total + b
+            r = s.key_bias(self, layer, K, device)
+            if r is None:
+                continue
+            heads, keys = r
+            b = torch.zeros(B, Hq, 1, K, dtype=torch.float32, device=device)
+            b[:, heads] = keys if keys.dim() == 1 else keys[:, None, None, :]  # one row for all, or one per row
+            total = b if total is None else total + b
         return total

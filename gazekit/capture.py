@@ -2,7 +2,8 @@
 
 The attention function computes softmax(q_last . K^T * scale + mask [+ steering bias]) for the last query row only
 (O(heads x keys) per layer), sums it over each region's tokens and moves [heads, regions] to the CPU. Raw mass, not
-renormalised: a head that looks at text has small numbers everywhere.
+renormalised: a head that looks at text has small numbers everywhere. `capture` is a thin layer over
+`gazekit.intervene` (a recorder of the regions of the prepared input it runs).
 """
 from __future__ import annotations
 
@@ -11,27 +12,27 @@ from typing import Optional
 import numpy as np
 import torch
 
+from gazekit.intervene import Intervention, intervene
 
-class _RegionRecorder:
+
+class _RegionRecorder(Intervention):
     """Records, per forward step, every layer's last-row attention summed over regions: [L, B, H, R]."""
 
-    def __init__(self, vlm, regions_of, value_norms: bool = False, steps: Optional[set] = None,
+    def __init__(self, vlm, regions, value_norms: bool = False, steps: Optional[set] = None,
                  query_rows: Optional[list] = None, renormalise: bool = True):
         self.vlm = vlm
         self.query_rows = query_rows  # None: the last query row; else these rows, as extra batch rows
-        self.regions_of = regions_of  # callable(session) -> list[LongTensor] of absolute positions
+        self.regions = regions  # list[LongTensor] of absolute positions (the prepared input's regions)
         self.value_norms = value_norms
         self.renormalise = renormalise  # value-weighted attention rescaled to sum to 1 over keys (False: a * |v|)
         self.steps = steps
         self.raw: dict[int, dict[int, torch.Tensor]] = {}  # step -> layer -> [B, H, R]
         self.weighted: dict[int, dict[int, torch.Tensor]] = {}
         self._step = 0
-        self._regions = None
         self._indicator = None  # (key, [K, R] 0/1 matrix, regions) for the current step's key layout
 
     def on_step(self, session):
         self._step = session.step
-        self._regions = self.regions_of(session)
 
     def record(self, session, layer, probs, vnorm, K):
         if self.steps is not None and self._step not in self.steps:
@@ -48,13 +49,13 @@ class _RegionRecorder:
     def _reduce(self, probs, offset, K):
         """probs [..., K] summed over each region's keys -> [..., R] float64 on the CPU: one product with a 0/1
         [K, R] indicator (one kernel per layer instead of an index and a sum per region)."""
-        key = (id(self._regions), offset, K, probs.device)
+        key = (offset, K, probs.device)
         if self._indicator is None or self._indicator[0] != key:
-            ind = torch.zeros(K, len(self._regions), dtype=torch.float32, device=probs.device)
-            for r, pos in enumerate(self._regions):
+            ind = torch.zeros(K, len(self.regions), dtype=torch.float32, device=probs.device)
+            for r, pos in enumerate(self.regions):
                 idx = pos.to(probs.device) - offset
                 ind[idx[(idx >= 0) & (idx < K)], r] = 1.0
-            self._indicator = (key, ind, self._regions)  # the regions are kept so their id stays theirs
+            self._indicator = (key, ind)
         return torch.matmul(probs.float(), self._indicator[1]).detach().to("cpu", torch.float64)  # [B, H, R]
 
     def stacked(self, step: int, weighted: bool = False) -> np.ndarray:
@@ -62,15 +63,6 @@ class _RegionRecorder:
         if src is None or len(src) != self.vlm.n_layers:
             raise RuntimeError(f"no attention recorded at step {step}: did the forward run inside the context?")
         return torch.stack([src[l] for l in range(self.vlm.n_layers)]).numpy()  # [L, B, H, R]
-
-
-def _prepared_regions(vlm):
-    def regions(session):
-        if vlm._current is None:
-            raise RuntimeError("no prepared input")
-        return vlm._current.regions
-
-    return regions
 
 
 @torch.no_grad()
@@ -85,8 +77,7 @@ def capture(vlm, image, prompt: str) -> np.ndarray:
 @torch.no_grad()
 def capture_prepared(vlm, prepared) -> np.ndarray:
     """Like `capture` for an already prepared (possibly batched) input: [n_layers, batch, n_heads, n_regions]."""
-    vlm._current = prepared
-    rec = _RegionRecorder(vlm, _prepared_regions(vlm), steps={0})
-    with vlm._intervene(rec, "record"):
-        vlm.model(**prepared, use_cache=False)
+    rec = _RegionRecorder(vlm, prepared.regions, steps={0})
+    with intervene(vlm, rec):
+        vlm.forward(prepared, use_cache=False)
     return rec.stacked(0)

@@ -14,12 +14,14 @@ import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
 
 from gazekit.capture import _RegionRecorder, capture_prepared
+from gazekit.models import _compat
+from gazekit.intervene import implements, intervene
 from gazekit.regions import N_PANELS, Strip, panel_question
 from gazekit.models.vlm import LayoutMismatch
 from gazekit.steer import Head
@@ -340,17 +342,72 @@ def strips_matrix_fast(vlm, strips: Sequence[Strip], questions, mode: Optional[s
       "packed": the prefix once into a KV cache, then the six suffixes packed in one row on it (Qwen's M-RoPE:
           the prefix's positions come from the model). No copy of the cache.
       "batched": the six suffixes as a batch on six copies of the cache (sliding-window layers, which a 4-D mask
-          cannot express next to full ones, and a steered prefill).
+          cannot express next to full ones, and a steered prefill; "sequential" instead when an output edit such
+          as `gazekit.ablate` is active too).
       "sequential": one suffix at a time on the one cache, cropped back after each (least memory, slowest).
     Measured on the organism (one strip, 53-token prompts, 1 CPU thread): single 11 ms, packed and batched 13,
     sequential 31; six full forwards 26 ms with sdpa, 37 ms with the reference's eager attention."""
     return _strips_matrix_fast(vlm, strips, questions, mode)[0]
 
 
-@torch.no_grad()
-def _strips_matrix_fast(vlm, strips, questions, mode=None):
-    """(matrices [B, L, H, 6, 6], tokens in one strip's forward row)."""
-    strips = list(strips)
+@dataclass
+class SharedPrefix:
+    """The panel questions of a batch of strips, split where they stop sharing tokens: what every discovery mode
+    runs on. `first` holds the strips with question 1 (images processed once); question q's prompt is the common
+    prefix (`common` tokens: the image and what precedes it) followed by `suffixes[q]` ([strips, S_q] ids).
+    `packed` [strips, S] sets the suffixes side by side (suffix q at `starts[q]:ends[q]`), `positions` [S] gives
+    each packed token its position in its own prompt, `joined` the other per-token inputs (masks, token types) for
+    prefix + packed suffixes, `preps[q]` question q's own inputs."""
+
+    first: Any
+    preps: list
+    common: int
+    suffixes: list
+    starts: np.ndarray
+    ends: np.ndarray
+    packed: torch.Tensor
+    positions: torch.Tensor
+    joined: dict
+    shares_image: bool = True  # False: the questions differ before the image ends (use `strip_matrix`)
+
+    @property
+    def n_strips(self) -> int:
+        return int(self.packed.shape[0])
+
+    @property
+    def n_questions(self) -> int:
+        return len(self.suffixes)
+
+    @property
+    def regions(self) -> list:
+        return self.first.regions
+
+    @property
+    def prompt_len(self) -> int:
+        """Question 1's prompt length (inputs of this length along dim 1 are per-token)."""
+        return int(self.first.prompt_len)
+
+    @property
+    def row_tokens(self) -> int:
+        """Tokens in one strip's row when the prefix and every suffix run together."""
+        return self.common + int(self.packed.shape[1])
+
+    def per_token(self, v) -> bool:
+        return _token_aligned(v, self.prompt_len)
+
+
+def shared_prefix(vlm, strips, questions) -> SharedPrefix:
+    """Prepare `strips` (one token layout) with every question and split the prompts at their common prefix.
+
+    Args:
+        vlm: a `gazekit.VLM`; strips: `Strip`s of one token layout; questions: the prompts (six panel questions).
+
+    Returns:
+        the `SharedPrefix`; its `shares_image` is False when the questions differ before the image ends (nothing
+        worth sharing: use `strip_matrix`).
+
+    Raises:
+        LayoutMismatch: the strips do not share one token layout."""
     B = len(strips)
     first = vlm.prepare_batch(strips, [questions[0]] * B)
     preps = [first]
@@ -360,33 +417,39 @@ def _strips_matrix_fast(vlm, strips, questions, mode=None):
             p = vlm.prepare_batch(strips, [q] * B)
             p = {k: v for k, v in p.items() if _token_aligned(v, p.prompt_len)}
         preps.append(p)
-    vlm._current = first
     ids = [p["input_ids"] for p in preps]  # [B, L_q] each
     n = min(x.shape[1] for x in ids)
     same = (torch.stack([x[:, :n] for x in ids]) == ids[0][:, :n]).all(0).all(0)  # [n]: shared by every question
     common = n if bool(same.all()) else int((~same).nonzero()[0])
-    regions = first.regions
-    if common <= int(max(r.max() for r in regions)) or common == n:  # the questions differ before the image ends
-        return np.stack([strip_matrix(vlm, s, questions) for s in strips]), ids[0].shape[1]
-    model = vlm.model
-    keep = _logits_kw(model)  # the logits are never read: skip the [tokens x vocab] projection where possible
-    cache_kw = _cache_kw(model)
-    suffixes = [x[:, common:] for x in ids]  # [B, S_q] each
+    shares_image = common > int(max(r.max() for r in first.regions)) and common < n
+    suffixes = [x[:, common:] for x in ids]
     lengths = np.array([x.shape[1] for x in suffixes])
     ends = np.cumsum(lengths)
-    starts = ends - lengths
-    packed = torch.cat(suffixes, dim=1)  # [B, S]
-    S = packed.shape[1]
-    positions = torch.cat([torch.arange(common, common + int(n_q)) for n_q in lengths])
     # per-token inputs other than the ids (masks, token types): the shared prefix, then every suffix's own
     joined = {k: torch.cat([first[k][:, :common]] + [p[k][:, common:] for p in preps], dim=1)
               for k in first if k != "input_ids" and _token_aligned(first[k], ids[0].shape[1])}
-    steering = vlm._session is not None and bool(vlm._session.steerers)
-    window = _shortest_window(model)
-    fits = window >= common + S  # every layer sees the whole packed row
+    return SharedPrefix(first=first, preps=preps, common=common, suffixes=suffixes, starts=ends - lengths, ends=ends,
+                        packed=torch.cat(suffixes, dim=1),
+                        positions=torch.cat([torch.arange(common, common + int(n_q)) for n_q in lengths]),
+                        joined=joined, shares_image=shares_image)
+
+
+DISCOVERY_MODES = ("single", "packed", "batched", "sequential")
+
+
+def choose_mode(vlm, sp: SharedPrefix, mode: Optional[str] = None) -> str:
+    """The discovery mode for `sp` (None: the first the model and the active interventions allow), checked."""
+    steering = any(implements(i, "key_bias") for i in vlm.interventions)
+    # output edits (gazekit.ablate) keep per-sequence state that a copied, re-batched cache would not match
+    editing = any(implements(i, "edit_output") for i in vlm.interventions)
+    window = _shortest_window(vlm.model)
+    fits = window >= sp.row_tokens  # every layer sees the whole packed row
     if mode is None:
-        mode = "batched" if steering or not fits else ("single" if vlm.adapter.supports_packed_prompt else "packed")
-    if mode not in ("single", "packed", "batched", "sequential"):
+        if steering or not fits:
+            mode = "sequential" if editing and fits else "batched"
+        else:
+            mode = "single" if vlm.adapter.supports_packed_prompt else "packed"
+    if mode not in DISCOVERY_MODES:
         raise ValueError(f"mode must be 'single', 'packed', 'batched' or 'sequential', got {mode!r}")
     if mode == "single" and not vlm.adapter.supports_packed_prompt:
         raise ValueError(f"mode='single' is not available for {vlm.family} (see Adapter.supports_packed_prompt); "
@@ -394,64 +457,106 @@ def _strips_matrix_fast(vlm, strips, questions, mode=None):
     if mode != "batched" and not fits:
         raise ValueError(f"mode={mode!r} needs every attention layer to see the whole prompt (this model has a "
                          f"{window}-key sliding window); use mode='batched'")
-    Q = len(questions)
-    out = np.zeros((B, vlm.n_layers, vlm.n_heads, Q, len(regions)))
+    return mode
 
-    def run(inputs, query_rows=None):
-        rec = _RegionRecorder(vlm, lambda session: regions, query_rows=query_rows)
-        with vlm._intervene(rec, "record"):
-            model(**inputs, **keep)
-        step = max(rec.raw)
-        return torch.stack([rec.raw[step][l] for l in range(vlm.n_layers)]).numpy()  # [L, rows, H, R]
 
-    def unpack(got):  # [L, B * Q, H, R], row b * Q + q -> [B, L, H, Q, R]
-        return got.reshape(got.shape[0], B, Q, *got.shape[2:]).transpose(1, 0, 3, 2, 4)
+def _record(vlm, sp: SharedPrefix, inputs: dict, query_rows=None) -> np.ndarray:
+    """One forward of `inputs` (bound to `sp.first`: an active steer resolves its target there), recording every
+    layer's attention of the last row (or `query_rows`) over the regions: [L, rows, H, R]."""
+    rec = _RegionRecorder(vlm, sp.regions, query_rows=query_rows)
+    with intervene(vlm, rec):
+        vlm.forward(sp.first, inputs, **_compat.logits_to_keep(vlm.model))  # logits never read: skip most
+    step = max(rec.raw)
+    return torch.stack([rec.raw[step][l] for l in range(vlm.n_layers)]).numpy()
 
-    dev = packed.device
-    if mode == "single":
-        inputs = {k: v for k, v in first.items() if not _token_aligned(v, ids[0].shape[1])}  # pixel values etc.
-        inputs.update({k: v for k, v in joined.items() if k != "attention_mask"})
-        inputs["input_ids"] = torch.cat([ids[0][:, :common], packed], dim=1)
-        inputs["position_ids"] = torch.cat([torch.arange(common), positions])[None].expand(B, -1).to(dev)
-        inputs["attention_mask"] = _packed_mask(common, starts, ends, _mask_dtype(vlm), dev, with_prefix=True)
-        out[:] = unpack(run(dict(inputs, use_cache=False), query_rows=[common + int(e) - 1 for e in ends]))
-        return out, common + S
 
+def _unpack(sp: SharedPrefix, got: np.ndarray) -> np.ndarray:
+    """[L, B * Q, H, R] with row b * Q + q -> [B, L, H, Q, R]."""
+    return got.reshape(got.shape[0], sp.n_strips, sp.n_questions, *got.shape[2:]).transpose(1, 0, 3, 2, 4)
+
+
+def _mode_single(vlm, sp: SharedPrefix) -> np.ndarray:
+    """One forward: the prefix and every suffix in one row, each suffix masked to see the prefix and itself."""
+    dev = sp.packed.device
+    inputs = {k: v for k, v in sp.first.items() if not sp.per_token(v)}  # pixel values etc.
+    inputs.update({k: v for k, v in sp.joined.items() if k != "attention_mask"})
+    inputs["input_ids"] = torch.cat([sp.first["input_ids"][:, :sp.common], sp.packed], dim=1)
+    inputs["position_ids"] = torch.cat([torch.arange(sp.common), sp.positions])[None].expand(sp.n_strips, -1).to(dev)
+    inputs["attention_mask"] = _packed_mask(sp.common, sp.starts, sp.ends, _mask_dtype(vlm), dev, with_prefix=True)
+    return _unpack(sp, _record(vlm, sp, dict(inputs, use_cache=False),
+                               query_rows=[sp.common + int(e) - 1 for e in sp.ends]))
+
+
+def _prefix_cache(vlm, sp: SharedPrefix):
+    """The common prefix run once into a fresh KV cache."""
     from transformers import DynamicCache
 
-    cache = DynamicCache(config=model.config.get_text_config())
-    prefix = {k: (v[:, :common] if _token_aligned(v, ids[0].shape[1]) else v) for k, v in first.items()}
-    model(**prefix, **{cache_kw: cache}, use_cache=True, **keep)
-    on_cache = {cache_kw: cache, "use_cache": True}
-    if mode == "packed":
-        extras = vlm.adapter.suffix_inputs(joined, common, packed, positions=positions)
-        extras["attention_mask"] = _packed_mask(common, starts, ends, _mask_dtype(vlm), dev)
-        out[:] = unpack(run(dict(input_ids=packed, **on_cache, **extras), query_rows=[int(e) - 1 for e in ends]))
-        return out, common + S
-    if mode == "sequential":
-        for qi, x in enumerate(suffixes):
-            extras = vlm.adapter.suffix_inputs(preps[qi], common, x)
-            out[:, :, :, qi, :] = run(dict(input_ids=x, **on_cache, **extras)).transpose(1, 0, 2, 3)
-            cache.crop(-x.shape[1])
-        return out, common + S
+    cache = DynamicCache(config=vlm.model.config.get_text_config())
+    prefix = {k: (v[:, :sp.common] if sp.per_token(v) else v) for k, v in sp.first.items()}
+    vlm.forward(sp.first, prefix, **{_compat.cache_kwarg(vlm.model): cache}, use_cache=True,
+                **_compat.logits_to_keep(vlm.model))
+    return cache
+
+
+def _mode_packed(vlm, sp: SharedPrefix) -> np.ndarray:
+    """The prefix into a cache, then every suffix packed in one row on it (no copy of the cache)."""
+    cache = _prefix_cache(vlm, sp)
+    extras = vlm.adapter.suffix_inputs(sp.joined, sp.common, sp.packed, positions=sp.positions)
+    extras["attention_mask"] = _packed_mask(sp.common, sp.starts, sp.ends, _mask_dtype(vlm), sp.packed.device)
+    inputs = dict(input_ids=sp.packed, **{_compat.cache_kwarg(vlm.model): cache}, use_cache=True, **extras)
+    return _unpack(sp, _record(vlm, sp, inputs, query_rows=[int(e) - 1 for e in sp.ends]))
+
+
+def _mode_sequential(vlm, sp: SharedPrefix) -> np.ndarray:
+    """The prefix into a cache, then one suffix at a time on it, cropped back after each."""
+    cache = _prefix_cache(vlm, sp)
+    out = np.zeros((sp.n_strips, vlm.n_layers, vlm.n_heads, sp.n_questions, len(sp.regions)))
+    for qi, x in enumerate(sp.suffixes):
+        extras = vlm.adapter.suffix_inputs(sp.preps[qi], sp.common, x)
+        inputs = dict(input_ids=x, **{_compat.cache_kwarg(vlm.model): cache}, use_cache=True, **extras)
+        out[:, :, :, qi, :] = _record(vlm, sp, inputs).transpose(1, 0, 2, 3)
+        cache.crop(-x.shape[1])
+    return out
+
+
+def _mode_batched(vlm, sp: SharedPrefix) -> np.ndarray:
+    """The prefix into a cache, then the suffixes of each length as one batch on a copy of it."""
+    cache = _prefix_cache(vlm, sp)
+    B = sp.n_strips
+    out = np.zeros((B, vlm.n_layers, vlm.n_heads, sp.n_questions, len(sp.regions)))
     groups: dict[int, list[int]] = {}
-    for qi, x in enumerate(suffixes):
+    for qi, x in enumerate(sp.suffixes):
         groups.setdefault(x.shape[1], []).append(qi)
     for gi, (length, members) in enumerate(groups.items()):
         m = len(members)
         # batch_repeat_interleave repeats each strip's cache row m times in place: row b * m + j = question j
-        suffix = torch.stack([suffixes[qi] for qi in members], dim=1).reshape(B * m, length)
+        suffix = torch.stack([sp.suffixes[qi] for qi in members], dim=1).reshape(B * m, length)
         c = cache if gi == len(groups) - 1 else copy.deepcopy(cache)  # the last group may consume the prefix cache
         if m > 1:
             c.batch_repeat_interleave(m)
         # every row's suffix is text of one layout: one strip's per-token inputs, expanded to all B * m rows
-        one_row = {k: (v[:1] if torch.is_tensor(v) and v.dim() == 2 else v) for k, v in preps[members[0]].items()}
-        extras = vlm.adapter.suffix_inputs(one_row, common, suffix)
-        got = run(dict(input_ids=suffix, **{cache_kw: c}, use_cache=True, **extras))  # [L, B * m, H, R]
+        one_row = {k: (v[:1] if torch.is_tensor(v) and v.dim() == 2 else v) for k, v in sp.preps[members[0]].items()}
+        extras = vlm.adapter.suffix_inputs(one_row, sp.common, suffix)
+        inputs = dict(input_ids=suffix, **{_compat.cache_kwarg(vlm.model): c}, use_cache=True, **extras)
+        got = _record(vlm, sp, inputs)  # [L, B * m, H, R]
         got = got.reshape(got.shape[0], B, m, *got.shape[2:])
         for j, qi in enumerate(members):
             out[:, :, :, qi, :] = got[:, :, j].transpose(1, 0, 2, 3)
-    return out, common + S
+    return out
+
+
+_RUN_MODE = {"single": _mode_single, "packed": _mode_packed, "batched": _mode_batched,
+             "sequential": _mode_sequential}
+
+
+@torch.no_grad()
+def _strips_matrix_fast(vlm, strips, questions, mode=None):
+    """(matrices [B, L, H, 6, 6], tokens in one strip's forward row)."""
+    strips = list(strips)
+    sp = shared_prefix(vlm, strips, questions)
+    if not sp.shares_image:
+        return np.stack([strip_matrix(vlm, s, questions) for s in strips]), sp.prompt_len
+    return _RUN_MODE[choose_mode(vlm, sp, mode)](vlm, sp), sp.row_tokens
 
 
 def _mask_dtype(vlm):
@@ -494,19 +599,6 @@ def _packed_mask(common: int, starts, ends, dtype, device, with_prefix: bool = F
         return keep[None, None].to(device)
     mask = torch.zeros(keep.shape, dtype=dtype).masked_fill(~keep, torch.finfo(dtype).min)
     return mask[None, None].to(device)
-
-
-def _logits_kw(model) -> dict:
-    import inspect
-
-    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
-
-
-def _cache_kw(model) -> str:
-    import inspect
-
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.2x
 
 
 def _token_aligned(v, length: int) -> bool:

@@ -8,7 +8,8 @@ Modes (the reference's closed set), with B = strength, on the selected heads onl
   suppress_image   -B on every non-target image token
   suppress_all     -B on every prompt token except the target region (image and text)
   max_suppress_all suppress_all, plus -B on tokens decoded so far
-Targets are resolved against each input prepared inside the context (`vlm.prepare`/`ask`/`generate`).
+Targets are resolved against the prepared input each forward runs on (`vlm.ask`, `vlm.generate(prepared)`,
+`vlm.forward(prepared)`, or `vlm.model(**prepared)`). `steer` is a thin layer over `gazekit.intervene`.
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Literal, NamedTuple, Optional, Union
 
 import torch
+
+from gazekit.intervene import Intervention, intervene
 
 Mode = Literal["boost_suppress", "suppress_image", "suppress_all", "max_suppress_all"]
 Phase = Literal["all", "decode", "prefill"]
@@ -77,7 +80,10 @@ class SteerSpec:
         return d
 
 
-class _Steerer:
+class _Steerer(Intervention):
+    """The intervention behind `steer`: a key bias on the selected heads, recomputed when the input or target
+    changes and extended over the keys decoded since."""
+
     def __init__(self, vlm, heads: list[Head], target, mode: str, strength: float, phase: str):
         self.vlm = vlm
         self.by_layer: dict[int, list[int]] = {}
@@ -110,9 +116,7 @@ class _Steerer:
         if target is None or not self.by_layer:
             self._key_bias = None
             return
-        prep = self.vlm._current
-        if prep is None:
-            raise RuntimeError("steer: no prepared input; call vlm.prepare/ask/generate inside the context")
+        prep = session.require_prepared("steer")
         T, B = session.total_len, self.strength
         key = (id(prep), _hashable(target), session.prompt_len)
         if key == self._cache_key and self._key_bias is not None:
@@ -151,16 +155,7 @@ class _Steerer:
             bias[tgt_pos.cpu()] = 0.0
         return bias
 
-    def bias(self, session, layer, Bsz, Hq, Q, K, device):
-        rows = self.head_keys(session, layer, K, device)
-        if rows is None:
-            return None
-        heads, keys = rows
-        out = torch.zeros(Bsz, Hq, 1, K, dtype=torch.float32, device=device)
-        out[:, heads] = keys if keys.dim() == 1 else keys[:, None, None, :]  # one row for all, or one per row
-        return out
-
-    def head_keys(self, session, layer, K, device):
+    def key_bias(self, session, layer, K, device):
         """(this layer's selected heads, their key bias [K] — or [batch, K] for `RowTargets` — float32), or None
         when nothing is steered here."""
         heads = self.by_layer.get(layer)
@@ -226,7 +221,7 @@ def _check_target(target):
 
 @contextlib.contextmanager
 def steer(vlm, heads, target, *, mode: Mode = "boost_suppress", strength: float = 1e4, phase: Phase = "all"):
-    """Bias `heads` toward `target` for every input prepared inside the context; restores the model on exit.
+    """Bias `heads` toward `target` for every forward run inside the context; restores the model on exit.
 
     heads: list of (layer, head) (e.g. `scores.top(8)`), or "all". target: 1-based panel/region number, region name,
     box (x0, y0, x1, y1) in image pixels, schedule {decode_step: target} (0 = first generated token; a target holds
@@ -249,7 +244,7 @@ def steer(vlm, heads, target, *, mode: Mode = "boost_suppress", strength: float 
     _check_not_steered_elsewhere(vlm, hs, target, mode)
     steerer = _Steerer(vlm, hs, target, mode, strength, phase)
     spec = SteerSpec(tuple(hs), target, mode, strength, phase)
-    with vlm._intervene(steerer, "steer"):
+    with intervene(vlm, steerer):
         yield spec
 
 
@@ -276,11 +271,8 @@ def _check_not_steered_elsewhere(vlm, heads, target, mode):
     """Refuse nesting that steers one head toward two targets at once: the two biases add up and cancel (issue 26
     measured 0.05 attention per panel), which is no one's intent. The same head with the same target and mode nests
     (biases add, the target stays the same); disjoint heads nest freely."""
-    session = vlm._session
-    if session is None:
-        return
     mine = set(heads)
-    for other in session.steerers:
+    for other in vlm.interventions:
         if not isinstance(other, _Steerer):
             continue
         theirs = {Head(l, h) for l, hs in other.by_layer.items() for h in hs}

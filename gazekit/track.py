@@ -7,7 +7,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from gazekit.capture import _RegionRecorder, _prepared_regions
+from gazekit.capture import _RegionRecorder
+from gazekit.intervene import intervene
 from gazekit.steer import Head, as_heads
 
 
@@ -56,8 +57,8 @@ def track(vlm, image, prompt: str, heads, *, max_new_tokens: int = 40, style: st
     _check_style(style)
     hs = as_heads(vlm, heads)
     prep = vlm.prepare(image, prompt)
-    rec = _RegionRecorder(vlm, _prepared_regions(vlm), value_norms=True, renormalise=style != "reference")
-    with vlm._intervene(rec, "record"):
+    rec = _RegionRecorder(vlm, prep.regions, value_norms=True, renormalise=style != "reference")
+    with intervene(vlm, rec):
         out = vlm.generate(prep, max_new_tokens=max_new_tokens, **generate_kwargs)
     new = out[0, prep.prompt_len:]
     eos = _eos_ids(vlm)

@@ -2,12 +2,14 @@
 
 >>> res = gazekit.evaluate.vqa(vlm, strips, scores, log="runs/vqa.jsonl")
 >>> res.summary(); res.plot(); res.save("runs/vqa")
+>>> gazekit.evaluate.ablation(vlm, strips, scores, how="mean")   # top-K vs K random heads ablated
 """
+from gazekit.evaluate.head_ablation import ABLATION_CONDITIONS, ablation
 from gazekit.evaluate.protocols import (CONDITIONS, PRESETS, Results, Schedule, boxes, default_k, default_ks, dynamic,
                                         k_sweep, mentions, narration, reference_spearman, vqa)
 from gazekit.evaluate.runlog import RunLog, in_shard, parse_shard, resume_key
 from gazekit.evaluate.stats import CI, bootstrap_ci, spearman
 
-__all__ = ["CI", "CONDITIONS", "PRESETS", "Results", "RunLog", "Schedule", "bootstrap_ci", "boxes", "default_k", "default_ks",
-           "dynamic",
-           "in_shard", "k_sweep", "mentions", "narration", "parse_shard", "reference_spearman", "resume_key", "spearman", "vqa"]
+__all__ = ["ABLATION_CONDITIONS", "CI", "CONDITIONS", "PRESETS", "Results", "RunLog", "Schedule", "ablation",
+           "bootstrap_ci", "boxes", "default_k", "default_ks", "dynamic", "in_shard", "k_sweep", "mentions",
+           "narration", "parse_shard", "reference_spearman", "resume_key", "spearman", "vqa"]

@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 
 CHANCE = 1 / 6
-ORDER = ("unsteered", "top", "random", "all")
-NAMES = {"unsteered": "unsteered", "top": "top-K gaze heads", "random": "random heads (size-matched)",
-         "all": "all heads"}
+ORDER = ("unsteered", "unablated", "top", "random", "all")
+NAMES = {"unsteered": "unsteered", "unablated": "unablated", "top": "top-K gaze heads",
+         "random": "random heads (size-matched)", "all": "all heads"}
 
 
 def _label(r):
@@ -42,6 +42,7 @@ def plot_results(res, ax=None, by: str = "condition"):
     sns.set_theme(style="whitegrid", context="notebook")
     metric_name = ("mentions the boxed object" if res.metric == "mentioned" else
                    "segments describing the scheduled panel" if res.protocol == "dynamic" else
+                   "answers describing the asked panel" if res.protocol == "ablation" else
                    "answers describing the target panel")
     # dynamic: a derangement never schedules a panel in its own place, so "1/6" is no baseline there; the
     # unsteered bar (0 by construction) is the baseline to read against
@@ -85,7 +86,8 @@ def plot_results(res, ax=None, by: str = "condition"):
         ax.text(ax.get_xlim()[1], chance, " chance (1/6)", va="center", ha="left", fontsize=8, color="gray")
     ax.set_ylim(0, 1.1)
     ax.set_ylabel(metric_name)
-    ax.set_title(f"{res.protocol}: {res.config.get('model', '')}\n{provenance(res)}", fontsize=9)
+    what = f"ablation ({res.config.get('how')})" if res.protocol == "ablation" else res.protocol
+    ax.set_title(f"{what}: {res.config.get('model', '')}\n{provenance(res)}", fontsize=9)
     sns.despine(ax=ax)
     return ax
 

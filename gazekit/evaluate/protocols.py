@@ -191,16 +191,32 @@ def _open_log(log) -> RunLog:
 
 
 class _Runner:
-    """Generation and judgement with logging and resume; shared by the protocols."""
+    """Generation and judgement with logging and resume; shared by the protocols.
 
-    def __init__(self, vlm, log: RunLog, judge, *, mode, strength, phase, pbar):
+    `intervention(heads, target)` gives the context manager an arm runs under (default: steering with the
+    runner's mode, strength and phase; `target` is a `RowTargets` for a batch); `spec(arm, target)`
+    the intervention's description logged with each row (default: the steering spec)."""
+
+    def __init__(self, vlm, log: RunLog, judge, *, mode, strength, phase, pbar, intervention=None, spec=None):
         self.vlm, self.log, self.judge = vlm, log, judge
         self.mode, self.strength, self.phase, self.pbar = mode, float(strength), phase, pbar
         self.model = getattr(vlm, "name", type(vlm).__name__)
+        # kept as given, not as `intervention or self._steering`: a bound method stored on the runner would make a
+        # reference cycle that keeps the run log (and its file lock) open after the protocol returns
+        self._intervention = intervention
+        self._spec = spec
+
+    def intervention(self, heads, target):
+        """The context manager an arm with `heads` runs under (steering toward `target`, or the given factory)."""
+        if self._intervention is not None:
+            return self._intervention(heads, target)
+        return _steer(self.vlm, heads, target, mode=self.mode, strength=self.strength, phase=self.phase)
 
     def spec(self, arm: Arm, target):
         if arm.heads is None:
             return None
+        if self._spec is not None:
+            return self._spec(arm, target)
         return {"heads": _heads_json(arm.heads), "target": target, "mode": self.mode, "strength": self.strength,
                 "phase": self.phase}
 
@@ -224,8 +240,7 @@ class _Runner:
                 with warnings.catch_warnings():
                     # dynamic's unsteered arm steers no heads on purpose: its schedule only records the switches
                     warnings.filterwarnings("ignore", message="steer got no heads", category=UserWarning)
-                    stack.enter_context(_steer(self.vlm, heads, st, mode=self.mode, strength=self.strength,
-                                               phase=self.phase))
+                    stack.enter_context(self.intervention(heads, st))
                 answer = self.vlm.ask(item, prompt, max_new_tokens=max_new_tokens)
             if hasattr(st, "record"):
                 extra["switches"] = st.record
@@ -299,7 +314,7 @@ class _Runner:
         if arm.heads is None:
             return self.vlm.ask_batch(items, [prompt] * len(items), max_new_tokens=max_new_tokens)
         heads = arm.heads if isinstance(arm.heads, str) else list(arm.heads)
-        with _steer(self.vlm, heads, RowTargets(targets), mode=self.mode, strength=self.strength, phase=self.phase):
+        with self.intervention(heads, RowTargets(targets)):
             return self.vlm.ask_batch(items, [prompt] * len(items), max_new_tokens=max_new_tokens)
 
     def verdict(self, gen_key: str, answer: str, item, references=None, suffix: str = "",

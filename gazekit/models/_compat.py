@@ -107,3 +107,103 @@ def image_token_id(config):
         _image_token_attribute[cls] = name
     value = getattr(config, name, None)
     return None if value is None else int(value)
+
+
+# -- the model's forward signature, probed once per class ----------------------------------------------------------
+# transformers 5.2x renamed the forward's `past_key_values` argument to `cache`; `logits_to_keep` (which skips the
+# [tokens x vocab] output projection for all but the last positions) exists on most, not all, model classes.
+_forward_params: dict[type, frozenset] = {}
+
+
+def _params(model) -> frozenset:
+    cls = type(model)
+    found = _forward_params.get(cls)
+    if found is None:
+        import inspect
+
+        found = _forward_params[cls] = frozenset(inspect.signature(model.forward).parameters)
+    return found
+
+
+def cache_kwarg(model) -> str:
+    """The name under which this model's forward takes a KV cache: "cache" (transformers 5.2x) or
+    "past_key_values" (before).
+
+    Args:
+        model: a Hugging Face model."""
+    return "cache" if "cache" in _params(model) else "past_key_values"
+
+
+def logits_to_keep(model) -> dict:
+    """`{"logits_to_keep": 1}` where this model's forward takes it (only the last position's logits are
+    computed), else {} — for forwards whose logits are never read.
+
+    Args:
+        model: a Hugging Face model."""
+    return {"logits_to_keep": 1} if "logits_to_keep" in _params(model) else {}
+
+
+def cache_of(kwargs: dict):
+    """The KV cache handed to a forward (under either name), or None.
+
+    Args:
+        kwargs: the forward's keyword arguments (as a forward pre-hook sees them)."""
+    cache = kwargs.get("cache")
+    return kwargs.get("past_key_values") if cache is None else cache
+
+
+def past_length(kwargs: dict) -> int:
+    """How many tokens the KV cache handed to a forward already holds (0 without a cache).
+
+    Args:
+        kwargs: the forward's keyword arguments."""
+    cache = cache_of(kwargs)
+    return int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
+
+
+# -- attention functions and implementation names -----------------------------------------------------------------
+_eager_of: dict[type, object] = {}
+_sdpa = None
+
+
+def stock_sdpa():
+    """transformers' own sdpa attention function (imported once)."""
+    global _sdpa
+    if _sdpa is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        _sdpa = sdpa_attention_forward
+    return _sdpa
+
+
+def stock_eager(module):
+    """The eager attention function of an attention module's modelling file (found once per module class).
+
+    Args:
+        module: an attention module (e.g. `LlamaAttention`).
+
+    Raises:
+        RuntimeError: the modelling file defines none (the model needs sdpa)."""
+    cls = type(module)
+    fn = _eager_of.get(cls)
+    if fn is None:
+        import sys
+
+        fn = getattr(sys.modules[cls.__module__], "eager_attention_forward", None)
+        if fn is None:
+            raise RuntimeError(f"{cls.__module__} has no eager_attention_forward; use sdpa for this model")
+        _eager_of[cls] = fn
+    return fn
+
+
+def set_own_attn_implementation(config, name) -> None:
+    """Set one config's attention implementation, not its sub-configs' (the public setter also sets those: a
+    config that is both the text and the top-level config would change its vision tower's too).
+
+    Args:
+        config: a `PretrainedConfig`.
+        name: the implementation name (e.g. "sdpa", or a registered one)."""
+    if hasattr(config, "_attn_implementation_internal"):
+        config._attn_implementation_internal = name
+    else:
+        config._attn_implementation = name

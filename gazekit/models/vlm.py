@@ -57,7 +57,26 @@ class Prepared(Mapping):
         self._adapter = adapter
 
     def __getitem__(self, k):
-        return self._inputs[k]
+        v = self._inputs[k]
+        if k == "input_ids":
+            # a fresh alias of the ids that carries this Prepared, so a raw `vlm.model(**prepared)` forward is
+            # bound to it (`owning`) — even for a temporary `model(**vlm.prepare(...))` — without a registry: the
+            # alias lives as long as the call holds it, and no cycle keeps the inputs alive afterwards
+            v = v.view_as(v)
+            v._gazekit_prepared = self
+        return v
+
+    @staticmethod
+    def owning(input_ids) -> Optional["Prepared"]:
+        """The `Prepared` whose `prepared["input_ids"]` `input_ids` is (that very tensor object), or None.
+
+        This is how a raw `vlm.model(**prepared)` call is bound to its prepared input: by the tensor it was handed,
+        so no "last prepared input" has to be remembered. (`model.generate` copies its inputs: use
+        `vlm.generate(prepared)`, which binds explicitly.)
+
+        Args:
+            input_ids: a tensor handed to the model's forward (or None)."""
+        return getattr(input_ids, "_gazekit_prepared", None) if input_ids is not None else None
 
     def __iter__(self):
         return iter(self._inputs)
@@ -138,8 +157,8 @@ class VLM:
         self._stack: list = []
 
     # Interventions live with the *model*, not the wrapper: two VLM wrappers of one model (e.g. a notebook that
-    # called gazekit.load(model, processor) twice) share one attention session and one "current input", so a steer
-    # opened through one wrapper keeps acting while the other prepares and runs inputs.
+    # called gazekit.load(model, processor) twice) share one attention session, so a steer opened through one
+    # wrapper keeps acting while the other runs inputs.
     @property
     def _shared(self) -> "_ModelState":
         return _model_state(self.model)
@@ -151,14 +170,6 @@ class VLM:
     @_session.setter
     def _session(self, value):
         self._shared.session = value
-
-    @property
-    def _current(self) -> Optional[Prepared]:
-        return self._shared.current
-
-    @_current.setter
-    def _current(self, value):
-        self._shared.current = value
 
     # -- facts -----------------------------------------------------------------------------------------------------
     @property
@@ -231,7 +242,6 @@ class VLM:
                                      "separately")
         prep = Prepared(inputs, regions, cells[0], scenes, list(prompts), self.adapter)
         prep.to(self.device, self.dtype)
-        self._current = prep
         return prep
 
     def _regions(self, cells: ImageCells, scene: Scene) -> list[torch.Tensor]:
@@ -267,43 +277,98 @@ class VLM:
 
     @torch.no_grad()
     def generate(self, prepared: Prepared, max_new_tokens: int = 20, **generate_kwargs) -> torch.Tensor:
-        self._current = prepared
+        """Greedy `model.generate` on `prepared`, bound to it for the active interventions.
+
+        Args:
+            prepared: from `prepare` / `prepare_batch`.
+            max_new_tokens: generation length cap.
+            **generate_kwargs: passed to `model.generate` (they override the greedy defaults).
+
+        Returns:
+            the token ids [batch, prompt + new tokens]."""
         kw = dict(do_sample=False, max_new_tokens=max_new_tokens)
         tok = self.tokenizer
         if getattr(tok, "pad_token_id", None) is not None:
             kw["pad_token_id"] = tok.pad_token_id
         kw.update(generate_kwargs)
-        return self.model.generate(**prepared, **kw)
+        with self._binding(prepared):
+            return self.model.generate(**prepared, **kw)
+
+    def forward(self, prepared: Prepared, inputs: Optional[Mapping] = None, **kwargs):
+        """One forward of the model on `prepared` — `model(**prepared, **kwargs)` — with the forward bound to it.
+
+        Interventions resolve their regions and targets against the input each forward is bound to (steering
+        toward panel 3 needs to know which tokens are panel 3). `inputs` runs a forward on other model inputs
+        derived from `prepared` (e.g. a suffix of its prompt on a KV cache), still bound to `prepared`.
+
+        Args:
+            prepared: from `prepare` / `prepare_batch`.
+            inputs: model inputs to run instead of `prepared`'s own (None: `prepared`'s).
+            **kwargs: passed to the model (e.g. `use_cache=False`, `output_attentions=True`).
+
+        Returns:
+            the model's output."""
+        with self._binding(prepared):
+            return self.model(**(prepared if inputs is None else inputs), **kwargs)
 
     def decode(self, ids) -> list[str]:
         return [s.strip() for s in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
     # -- interventions ---------------------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _intervene(self, item, kind: str):
-        """Attach a steerer or recorder; the attention function is installed while at least one is attached."""
-        from gazekit.attention import Session
+    @property
+    def interventions(self) -> tuple:
+        """The interventions active on this model (through any wrapper of it), outermost first."""
+        session = self._session
+        return tuple(session.interventions) if session is not None else ()
 
+    @contextlib.contextmanager
+    def intervene(self, *interventions):
+        """Attach `interventions` (see `gazekit.intervene`) for the block; detach them on exit, also on exceptions.
+
+        The attention function is installed while at least one intervention is attached, and the previous attention
+        implementation restored when the last one leaves.
+
+        Args:
+            *interventions: objects implementing some of `gazekit.Intervention`'s hooks.
+
+        Yields:
+            the interventions, as a tuple."""
+        from gazekit.attention import Session
+        from gazekit.intervene import check_interventions
+
+        check_interventions(interventions)
         if self._session is None:
             session = Session(self)
             session.install()
             self._session = session
         session = self._session
-        bucket = session.steerers if kind == "steer" else session.recorders
-        bucket.append(item)
+        attached = []
         try:
-            yield session
+            for item in interventions:
+                session.attach(item)
+                attached.append(item)
+            yield interventions
         finally:
-            bucket.remove(item)
-            if not session.steerers and not session.recorders:
+            for item in reversed(attached):
+                session.detach(item)
+            if not session.interventions:
                 self._session = None
                 session.uninstall()
+
+    @contextlib.contextmanager
+    def _binding(self, prepared):
+        """Bind `prepared` to the forwards run inside the block, for the active interventions (if any)."""
+        session = self._session
+        if session is None:
+            yield
+            return
+        with session.bind(prepared):
+            yield
 
 
 @dataclass
 class _ModelState:
     session: Any = None
-    current: Optional[Prepared] = None
 
 
 _MODEL_STATES: "weakref.WeakKeyDictionary[Any, _ModelState]" = weakref.WeakKeyDictionary()

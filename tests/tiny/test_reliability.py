@@ -169,7 +169,6 @@ def test_float64_steering_matches_eager_oracle(family, strip):
     with torch.no_grad():
         p0 = model(**prep, use_cache=False, output_attentions=True).attentions[layer][0, head, -1]
         with gazekit.steer(vlm, [(layer, head)], target=target, strength=B):
-            vlm._current = prep
             p1 = model(**prep, use_cache=False, output_attentions=True).attentions[layer][0, head, -1]
     bias = torch.zeros_like(p0)
     bias[prep.image_positions] = -B
