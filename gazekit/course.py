@@ -15,6 +15,7 @@ import numpy as np
 
 __all__ = ["check_panel_tokens", "check_panel_attention", "check_gaze_scores", "check_value_weighted",
            "check_nf4_roundtrip", "check_box_iou", "check_ranking", "check_staircase_break", "check_bias_row",
+           "check_mean_ablation",
            "check_fair_control", "check_schedule", "check_schedule_from_captions", "check_ranking_agreement",
            "check_box_lift", "EXERCISES"]
 
@@ -230,6 +231,24 @@ def check_fair_control(fn: Callable) -> bool:
                    "heads)")
 
 
+# -- 04c: mean ablation, the causal running mean of a head's outputs ---------------------------------------------
+def mean_ablation_reference(outputs) -> np.ndarray:
+    """What `gazekit.ablate(..., how="mean")` writes for one head of a causal model: at each position t, the mean of
+    the head's own outputs over positions 0..t (t included), so it is defined token by token while decoding."""
+    x = np.asarray(outputs, dtype=float)
+    return np.cumsum(x, axis=0) / np.arange(1, len(x) + 1)[:, None]
+
+
+def check_mean_ablation(fn: Callable) -> bool:
+    """Exercise 04c: `fn(outputs [T, D]) -> [T, D]`, the causal running mean of one head's outputs."""
+    rng = np.random.default_rng(40)
+    cases = [(rng.normal(size=(5, 3)),), (rng.normal(size=(1, 4)),),   # one token: its own output
+             (np.arange(12.0).reshape(6, 2),), (rng.normal(size=(8, 1)),)]
+    return _report("mean ablation", fn, cases, mean_ablation_reference, _same_array,
+                   "row t is the mean of rows 0..t INCLUDING t (np.cumsum over tokens / 1, 2, ..., T); not the "
+                   "mean over the whole sequence, which would let a token see the future")
+
+
 # -- 05: a switching schedule ----------------------------------------------------------------------------------------
 def schedule_reference(order, every: int) -> dict:
     """The schedule `steer` takes for switching every `every` generated tokens along `order` (1-based panels):
@@ -390,6 +409,7 @@ def check_box_iou(fn: Callable) -> bool:
 
 # notebook -> the checks its exercises use (docs/teaching.md lists them with the skills they train)
 EXERCISES = {"01": ["check_panel_tokens", "check_panel_attention"], "02": ["check_gaze_scores", "check_ranking"],
-             "03": ["check_staircase_break", "check_value_weighted"], "04": ["check_bias_row", "check_fair_control"],
+             "03": ["check_staircase_break", "check_value_weighted"],
+             "04": ["check_bias_row", "check_fair_control", "check_mean_ablation"],
              "05": ["check_schedule", "check_schedule_from_captions"],
              "06": ["check_ranking_agreement", "check_nf4_roundtrip"], "07": ["check_box_lift", "check_box_iou"]}

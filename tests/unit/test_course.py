@@ -130,6 +130,21 @@ def box_iou_sum_of_areas(a, b):
     return ix * iy / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]))
 
 
+def mean_ablation(outputs):
+    return np.cumsum(outputs, axis=0) / np.arange(1, len(outputs) + 1)[:, None]
+
+
+def mean_ablation_whole_sequence(outputs):
+    return np.broadcast_to(outputs.mean(0), outputs.shape)
+
+
+def mean_ablation_excluding_t(outputs):
+    out = np.zeros_like(outputs)
+    for t in range(1, len(outputs)):
+        out[t] = outputs[:t].mean(0)
+    return out
+
+
 def stub(*args):
     raise NotImplementedError("your code here")
 
@@ -263,6 +278,7 @@ def box_lift_inf(name, unsteered, steered):
 
 
 CHECKS = [
+    (course.check_mean_ablation, mean_ablation, [mean_ablation_whole_sequence, mean_ablation_excluding_t]),
     (course.check_panel_attention, panel_attention, [panel_attention_renormalised, panel_attention_mean]),
     (course.check_value_weighted, value_weighted, [value_weighted_unnormalised, value_weighted_over_image]),
     (course.check_nf4_roundtrip, nf4_roundtrip, [nf4_roundtrip_uniform_grid, nf4_roundtrip_one_scale]),
@@ -375,3 +391,30 @@ def test_panel_attention_and_value_weighted_equal_gazekit_on_the_organism():
             norms = values[layer][:, kv * head_dim:(kv + 1) * head_dim].norm(dim=-1).numpy()
             traj = gazekit.track(vlm, strip, prompt, [(layer, head)], max_new_tokens=1)
             assert np.allclose(course.value_weighted_reference(row, norms, regions), traj.weighted[0, 0], atol=1e-5)
+
+
+def test_mean_ablation_reference_is_what_ablate_writes():
+    """The 04c reference equals the output `gazekit.ablate(how="mean")` feeds the output projection of an ablated
+    head on the organism, read at o_proj's input against the unablated outputs of the same forward."""
+    import torch
+    import gazekit
+    from gazekit.comics import synthetic
+
+    vlm = gazekit.load()
+    strip = synthetic(1, seed=0)[0]
+    prep = vlm.prepare(strip, gazekit.panel_question(4))
+    layer, head = 2, 5
+    o_proj = vlm.adapter.language_model().layers[layer].self_attn.o_proj
+    seen = []
+    hook = o_proj.register_forward_hook(lambda m, i, o: seen.append(i[0][0].detach().clone()))
+    try:
+        with torch.no_grad():
+            vlm.model(**prep, use_cache=False)
+            with gazekit.ablate(vlm, [(layer, head)], how="mean"):
+                vlm.model(**prep, use_cache=False)
+    finally:
+        hook.remove()
+    d = o_proj.in_features // vlm.n_heads
+    clean, ablated = (x[:, head * d:(head + 1) * d].numpy() for x in seen)
+    assert not np.allclose(clean, ablated)
+    assert np.allclose(course.mean_ablation_reference(clean), ablated, atol=1e-5)
