@@ -224,6 +224,7 @@ class Session:
 
     # -- interventions -----------------------------------------------------------------------------------------------
     def attach(self, item):
+        """Add an intervention; it takes part in each hook it implements (see `gazekit.intervene`)."""
         from gazekit.intervene import implements
 
         self.interventions.append(item)
@@ -233,6 +234,7 @@ class Session:
                 bucket.append(item)
 
     def detach(self, item):
+        """Remove an intervention (by identity) from every hook it took part in."""
         for bucket in (self.interventions, self.steppers, self.steerers, self.editors, self.recorders):
             for i, x in enumerate(bucket):
                 if x is item:
@@ -250,6 +252,8 @@ class Session:
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
     def install(self):
+        """Route the language model's attention through gazekit's function (saving each config's implementation) and
+        register the forward pre-hook; undone by `uninstall`, also when installing fails halfway."""
         _register()
         model = self.vlm.model
         configs = self._attention_configs()
@@ -268,6 +272,7 @@ class Session:
             raise
 
     def uninstall(self):
+        """Restore every attention implementation and remove the pre-hook; always leaves the model as it was."""
         try:
             if self._hook is not None:
                 self._hook.remove()
@@ -335,6 +340,7 @@ class Session:
     # -- what the attention function asks ------------------------------------------------------------------------
     @property
     def recording(self) -> bool:
+        """Whether any active intervention records attention (the attention function then computes probabilities)."""
         return bool(self.recorders)
 
     @property
@@ -347,13 +353,16 @@ class Session:
 
     @property
     def want_value_norms(self) -> bool:
+        """Whether a recorder asked for value-vector norms (value-weighted attention)."""
         return any(getattr(r, "value_norms", False) for r in self.recorders)
 
     def record(self, layer, probs, vnorm, K):
+        """Hand one layer's attention probabilities (and value norms, or None) to every recorder."""
         for r in self.recorders:
             r.record(self, layer, probs, vnorm, K)
 
     def edit(self, layer, output, query, key, value, attention_mask):
+        """Let every output editor change this layer's attention output in place (before the output projection)."""
         for e in self.editors:
             e.edit_output(self, layer, output, query, key, value, attention_mask)
 

@@ -69,15 +69,19 @@ class GazeScores:
 
     @classmethod
     def from_matrix(cls, matrix: np.ndarray, **kw) -> "GazeScores":
+        """Scores from raw 6x6 attention matrices [layers, heads, asked, attended]: each head's mean diagonal (raw mass,
+        not renormalised); extra keyword arguments go to the constructor."""
         scores = np.einsum("lhkk->lh", matrix) / matrix.shape[-1]
         return cls(matrix=matrix, scores=scores, **kw)
 
     @property
     def n_layers(self) -> int:
+        """Number of language-model layers scored."""
         return self.scores.shape[0]
 
     @property
     def n_heads(self) -> int:
+        """Attention heads per layer."""
         return self.scores.shape[1]
 
     def ranking(self) -> list[Head]:
@@ -182,6 +186,7 @@ class GazeScores:
 
     # -- files ------------------------------------------------------------------------------------------------
     def to_reference_json(self) -> list[dict]:
+        """The ranking as the paper's reference code writes it: a list of {layer, head, score}, best first."""
         return [{"layer": h.layer, "head": h.head, "score": float(self.scores[h])} for h in self.ranking()]
 
     def save(self, path) -> Path:
@@ -238,6 +243,8 @@ class GazeScores:
         return out
 
     def plot(self, k: Optional[int] = None):
+        """Heatmap of all scores, their histogram and the best head's 6x6 matrix (`k` marks the top k); returns the
+        figure."""
         from gazekit.plots import plot_gaze_scores
 
         return plot_gaze_scores(self, k=k)
@@ -372,14 +379,17 @@ class SharedPrefix:
 
     @property
     def n_strips(self) -> int:
+        """Number of strips in the batch."""
         return int(self.packed.shape[0])
 
     @property
     def n_questions(self) -> int:
+        """Number of panel questions (one suffix each)."""
         return len(self.suffixes)
 
     @property
     def regions(self) -> list:
+        """The image regions (token positions per panel), shared by every question's prompt."""
         return self.first.regions
 
     @property
@@ -393,6 +403,7 @@ class SharedPrefix:
         return self.common + int(self.packed.shape[1])
 
     def per_token(self, v) -> bool:
+        """Whether input `v` has one entry per prompt token ([batch, tokens]: ids, masks, token types)."""
         return _token_aligned(v, self.prompt_len)
 
 

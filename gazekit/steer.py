@@ -71,6 +71,7 @@ class SteerSpec:
     phase: str
 
     def to_dict(self):
+        """A JSON-able dict (heads as [layer, head] pairs; a callable target by its name)."""
         d = asdict(self)
         d["heads"] = [list(h) for h in self.heads]
         if callable(self.target):

@@ -155,6 +155,7 @@ class Arm:
 
     @property
     def n_heads(self):
+        """Heads this arm steers: 0 for none, "all", or the count."""
         if self.heads is None:
             return 0
         return "all" if isinstance(self.heads, str) else len(self.heads)
@@ -429,6 +430,8 @@ class Results:
         return self._groups(df, by)
 
     def accuracy(self, condition: str, k=None, nondefault: bool = False) -> float:
+        """Mean of the table's metric for `condition` (and `k`; `nondefault`: only targets other than the default
+        panel); NaN when no row matches."""
         df = self.table[self.table["condition"] == condition]
         if k is not None and "k" in df:
             df = df[df["k"] == k]

@@ -86,14 +86,17 @@ class Prepared(Mapping):
 
     @property
     def input_ids(self) -> torch.Tensor:
+        """The prompt's token ids [batch, tokens]."""
         return self._inputs["input_ids"]
 
     @property
     def prompt_len(self) -> int:
+        """Tokens in the (padded) prompt."""
         return int(self._inputs["input_ids"].shape[1])
 
     @property
     def image_positions(self) -> torch.Tensor:
+        """Positions of all image tokens in the prompt."""
         return self.cells.positions
 
     def positions_for_box(self, box) -> torch.Tensor:
@@ -111,6 +114,7 @@ class Prepared(Mapping):
         return self.cells.positions[torch.from_numpy(inside)]
 
     def to(self, device, dtype=None):
+        """Move the tensors to `device` (floating ones also to `dtype` when given), in place; returns self."""
         for k, v in self._inputs.items():
             if torch.is_tensor(v):
                 if dtype is not None and torch.is_floating_point(v):
@@ -174,22 +178,27 @@ class VLM:
     # -- facts -----------------------------------------------------------------------------------------------------
     @property
     def family(self) -> str:
+        """The adapter's family name (e.g. "qwen2_vl", "llava", "organism")."""
         return self.adapter.family
 
     @property
     def n_layers(self) -> int:
+        """Layers of the language model."""
         return self.adapter.n_layers
 
     @property
     def n_heads(self) -> int:
+        """Attention (query) heads per language-model layer."""
         return self.adapter.n_heads
 
     @property
     def device(self) -> torch.device:
+        """Device of the model's first parameter."""
         return next(self.model.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
+        """Dtype of the model's first floating-point parameter (float32 if none)."""
         for p in self.model.parameters():
             if torch.is_floating_point(p):
                 return p.dtype
@@ -197,6 +206,7 @@ class VLM:
 
     @property
     def tokenizer(self):
+        """The processor's tokenizer (or the processor itself when it is one)."""
         return getattr(self.processor, "tokenizer", self.processor)
 
     def __repr__(self):
@@ -271,6 +281,7 @@ class VLM:
 
     @torch.no_grad()
     def ask_batch(self, images, prompts, max_new_tokens: int = 20, **generate_kwargs) -> list[str]:
+        """Answer several (image, prompt) pairs in one padded batch; returns one stripped answer per pair."""
         prep = self.prepare_batch(images, prompts)
         out = self.generate(prep, max_new_tokens=max_new_tokens, **generate_kwargs)
         return self.decode(out[:, prep.prompt_len:])
@@ -312,6 +323,7 @@ class VLM:
             return self.model(**(prepared if inputs is None else inputs), **kwargs)
 
     def decode(self, ids) -> list[str]:
+        """Token ids -> stripped strings, special tokens dropped (one per row)."""
         return [s.strip() for s in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
     # -- interventions ---------------------------------------------------------------------------------------------
