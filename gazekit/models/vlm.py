@@ -178,7 +178,7 @@ class VLM:
     # -- facts -----------------------------------------------------------------------------------------------------
     @property
     def family(self) -> str:
-        """The adapter's family name (e.g. "qwen2_vl", "llava", "organism")."""
+        """The adapter's family name (e.g. "qwen2_vl", "llava", "idefics3")."""
         return self.adapter.family
 
     @property
