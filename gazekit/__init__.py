@@ -1,6 +1,7 @@
 """gazekit — find and steer the gaze heads of vision-language models (Gandikota & Bau 2026).
 
-The pipeline, one verb per stage: `load` → `capture` → `discover` → `steer` / `track` → `gazekit.evaluate`.
+The pipeline, one verb per stage: `load` → `capture` → `discover` → `steer` / `track` → `gazekit.evaluate`;
+`survey` compares models.
 """
 from gazekit.capture import capture
 from gazekit.discover import GazeScores, discover
@@ -10,10 +11,11 @@ from gazekit.regions import (NARRATION_PROMPT, PANEL_BY_PANEL_PROMPT, REFERENCE_
                              REFERENCE_TRAJECTORY_PROMPT, VQA_QUESTION, Scene, Strip, panel_question)
 from gazekit.steer import MODES, Head, RowTargets, SteerSpec, steer
 from gazekit.track import Trajectory, track
+from gazekit.evaluate.survey import SurveyReport, survey  # noqa: I001 - stands on the core above
 
 __version__ = "0.1.0"
 
 __all__ = ["GazeScores", "Head", "MODES", "NARRATION_PROMPT", "PANEL_BY_PANEL_PROMPT", "Prepared",
            "REFERENCE_DYNAMIC_PROMPT", "REFERENCE_TRAJECTORY_PROMPT", "Scene",
            "SteerSpec", "Strip", "Trajectory", "UnsupportedModelError", "VLM", "VQA_QUESTION", "capture", "discover",
-           "load", "panel_question", "RowTargets", "steer", "supported_families", "track"]
+           "load", "panel_question", "RowTargets", "steer", "supported_families", "SurveyReport", "survey", "track"]
