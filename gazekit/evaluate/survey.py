@@ -117,6 +117,8 @@ def _resolve_k(k, vlm) -> int:
     """None: the protocols' default K for this model; an int; a float in (0, 1): that share of the model's heads."""
     from gazekit.evaluate.protocols import default_k
     total = int(vlm.n_layers) * int(vlm.n_heads)
+    if k is not None and not isinstance(k, (int, float, np.integer, np.floating)):
+        raise TypeError(f"k must be None, an int or a float share in (0, 1), got {type(k).__name__}")
     if k is None:
         kk = default_k(vlm)
     elif isinstance(k, bool):
@@ -364,6 +366,9 @@ def survey(models, strips: Sequence[Strip], *, k=None, n_eval: int = 4, eval_str
         if len(evaluation) < n_eval:
             raise ValueError(f"eval_strips holds {len(evaluation)} strips, fewer than n_eval = {n_eval}")
         discovery, evaluation = strips, evaluation[:n_eval]
+    for _, m in entries:  # a K a loaded model cannot take fails now, not after the other models' runs
+        if not isinstance(m, str):
+            _resolve_k(k, m)
     if isinstance(control_seeds, bool) or int(control_seeds) < 1:
         raise ValueError(f"control_seeds must be >= 1 (draws of the random control), got {control_seeds!r}")
     disc_ids = [_item_id(s) for s in discovery]
