@@ -11,7 +11,6 @@ from gazekit.regions import (NARRATION_PROMPT, PANEL_BY_PANEL_PROMPT, REFERENCE_
                              REFERENCE_TRAJECTORY_PROMPT, VQA_QUESTION, Scene, Strip, panel_question)
 from gazekit.steer import MODES, Head, RowTargets, SteerSpec, steer
 from gazekit.track import Trajectory, track
-from gazekit.evaluate.survey import SurveyReport, survey  # noqa: I001 - stands on the core above
 
 __version__ = "0.1.0"
 
@@ -19,3 +18,13 @@ __all__ = ["GazeScores", "Head", "MODES", "NARRATION_PROMPT", "PANEL_BY_PANEL_PR
            "REFERENCE_DYNAMIC_PROMPT", "REFERENCE_TRAJECTORY_PROMPT", "Scene",
            "SteerSpec", "Strip", "Trajectory", "UnsupportedModelError", "VLM", "VQA_QUESTION", "capture", "discover",
            "load", "panel_question", "RowTargets", "steer", "supported_families", "SurveyReport", "survey", "track"]
+
+
+def __getattr__(name):
+    """`gazekit.survey` / `gazekit.SurveyReport` stand on `gazekit.evaluate`: imported on first use, so that
+    `import gazekit` stays the core."""
+    if name in ("survey", "SurveyReport"):
+        from gazekit.evaluate.survey import SurveyReport, survey
+        globals().update(survey=survey, SurveyReport=SurveyReport)
+        return globals()[name]
+    raise AttributeError(f"module 'gazekit' has no attribute {name!r}")

@@ -9,6 +9,6 @@ from gazekit.evaluate.runlog import RunLog, in_shard, parse_shard, resume_key
 from gazekit.evaluate.stats import CI, bootstrap_ci, spearman
 from gazekit.evaluate.survey import SurveyReport, survey
 
-__all__ = ["CI", "CONDITIONS", "PRESETS", "Results", "RunLog", "Schedule", "bootstrap_ci", "boxes", "default_k", "default_ks",
-           "dynamic",
-           "in_shard", "k_sweep", "mentions", "narration", "parse_shard", "reference_spearman", "resume_key", "spearman", "SurveyReport", "survey", "vqa"]
+__all__ = ["CI", "CONDITIONS", "PRESETS", "Results", "RunLog", "Schedule", "SurveyReport", "bootstrap_ci", "boxes",
+           "default_k", "default_ks", "dynamic", "in_shard", "k_sweep", "mentions", "narration", "parse_shard",
+           "reference_spearman", "resume_key", "spearman", "survey", "vqa"]

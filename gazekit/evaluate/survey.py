@@ -29,7 +29,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -43,8 +43,6 @@ GAZE_THRESHOLD = 0.5            # a head at or above it puts >= half its attenti
 SCORE_QUANTILES = (0.1, 0.5, 0.9)
 FORMAT = "gazekit-survey/1"     # the saved JSON's format tag
 ORGANISM_NAME = "organism"      # gazekit.load()'s default model, by name
-
-ModelLike = Union[str, Path, object]
 
 
 # ---------------------------------------------------------------------------------------------------- input checks

@@ -113,3 +113,12 @@ def test_score_summary_and_depth_against_numpy():
     assert relative_depth(0, 4) == 0 and relative_depth(3, 4) == 1 and relative_depth(0, 1) == 0
     with pytest.raises(ValueError, match="outside"):
         relative_depth(4, 4)
+
+
+def test_survey_is_a_top_level_verb_that_import_gazekit_does_not_load():
+    import subprocess
+    code = ("import importlib, sys, gazekit; assert 'gazekit.evaluate' not in sys.modules; "
+            "from gazekit import survey, SurveyReport; m = importlib.import_module('gazekit.evaluate.survey'); "
+            "assert survey is m.survey and gazekit.SurveyReport is m.SurveyReport; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "ok", out.stderr
