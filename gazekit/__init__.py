@@ -1,7 +1,8 @@
 """gazekit — find and steer the gaze heads of vision-language models (Gandikota & Bau 2026).
 
-The pipeline, one verb per stage: `load` → `capture` → `discover` → `steer` / `track` → `gazekit.evaluate`.
-`intervene` runs your own `Intervention`s (what `steer`, `capture`, `track` and `ablate` are built on).
+The pipeline, one verb per stage: `load` → `capture` → `discover` → `steer` / `track` → `gazekit.evaluate`;
+`survey` compares models. `intervene` runs your own `Intervention`s (what `steer`, `capture`, `track` and
+`ablate` are built on).
 """
 from gazekit.ablate import HOWS, AblateSpec, ablate
 from gazekit.capture import capture
@@ -19,4 +20,15 @@ __version__ = "0.1.0"
 __all__ = ["AblateSpec", "GazeScores", "HOWS", "Head", "Intervention", "MODES", "NARRATION_PROMPT",
            "PANEL_BY_PANEL_PROMPT", "Prepared", "REFERENCE_DYNAMIC_PROMPT", "REFERENCE_TRAJECTORY_PROMPT", "RowTargets",
            "Scene", "SteerSpec", "Strip", "Trajectory", "UnsupportedModelError", "VLM", "VQA_QUESTION", "ablate",
-           "capture", "discover", "intervene", "load", "panel_question", "steer", "supported_families", "track"]
+           "capture", "discover", "intervene", "load", "panel_question", "steer", "supported_families", "SurveyReport",
+           "survey", "track"]
+
+
+def __getattr__(name):
+    """`gazekit.survey` / `gazekit.SurveyReport` stand on `gazekit.evaluate`: imported on first use, so that
+    `import gazekit` stays the core."""
+    if name in ("survey", "SurveyReport"):
+        from gazekit.evaluate.survey import SurveyReport, survey
+        globals().update(survey=survey, SurveyReport=SurveyReport)
+        return globals()[name]
+    raise AttributeError(f"module 'gazekit' has no attribute {name!r}")

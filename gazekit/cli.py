@@ -1,4 +1,4 @@
-"""Command line: ``python -m gazekit discover|vqa|narration|dynamic|sweep|boxes|app ...``.
+"""Command line: ``python -m gazekit discover|vqa|narration|dynamic|sweep|boxes|survey|app ...``.
 
 Each experiment command loads a model (default: the embedded comic organism), takes gaze heads from a ranking file
 (or discovers them first and writes ``ranking.json``), runs the protocol with a resumable JSONL log in ``--out`` and
@@ -233,6 +233,42 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--scenes", default=None, help="instead of COCO: 'synthetic:N:SEED' synthetic strips as scenes "
                                                  "whose panels are boxes named by their captions (for the organism)")
 
+    sv = sub.add_parser("survey", help="compare models: gaze-score distribution, top-K depth, top-K vs random steering",
+                        description="For each model: discovery, its gaze-score distribution (quantiles, heads >= "
+                                    "0.5), where its top-K heads sit by relative depth, and VQA steering with the "
+                                    "top-K heads vs the size-matched random control and unsteered on a small "
+                                    "held-out sample (95% bootstrap CIs). Resumable: rerun the same command to "
+                                    "skip every model already done. Writes OUT (JSONL log), OUT's .json report and "
+                                    ".png figure.")
+    sv.add_argument("--models", nargs="+", default=["organism"],
+                    help="models to compare: 'organism' (the embedded comic organism), other names gazekit.load "
+                         "knows, Hugging Face ids or local folders (default: organism)")
+    sv.add_argument("--strips", default=str(SURVEY_STRIPS),
+                    help=f"discovery strips: a number N (synthetic:N:100, the organism's discovery split) or "
+                         f"{STRIPS_HELP[:1].lower()}{STRIPS_HELP[1:]}; unless --eval-strips is given the last "
+                         f"--n-eval of them are held out for steering (default {SURVEY_STRIPS})")
+    sv.add_argument("--eval-strips", default=None,
+                    help="steering strips (same forms as --strips; the first --n-eval are used; default: held out "
+                         "from --strips)")
+    sv.add_argument("--n-eval", type=int, default=4,
+                    help="strips in the steering sample, each steered toward all six panels (default 4)")
+    sv.add_argument("--k", default=None, help="heads to steer: an integer, or a share of each model's heads such as "
+                                              "0.1 (default: each model's recommended K, else 100/1152 of its heads)")
+    sv.add_argument("--max-new-tokens", type=int, default=15, help="tokens per steered answer (default 15)")
+    sv.add_argument("--seed", type=int, default=0, help="first seed of the random control's draws (default 0)")
+    sv.add_argument("--control-seeds", type=int, default=3,
+                    help="draws of the size-matched random control per model (default 3)")
+    sv.add_argument("--batch-size", type=int, default=None,
+                    help="(strip, target) rows per generate call (default: as many as 16384 prompt tokens allow)")
+    sv.add_argument("--out", default="runs/survey.jsonl",
+                    help="JSONL log (default runs/survey.jsonl); the report goes beside it as .json and .png")
+    sv.add_argument("--quantize", choices=["4bit"], default=None, help="load NF4 4-bit weights with bitsandbytes")
+    sv.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
+                    help="weights dtype (default: bfloat16 on CUDA, float32 on CPU)")
+    sv.add_argument("--device-map", default=None, help="accelerate device map, e.g. 'auto' to spread over GPUs")
+    sv.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _judge(sv)
+
     from gazekit import app as steering_app  # stdlib-only at import: cheap
     ap = sub.add_parser("app", help="the local steering app: a Voilà page on 127.0.0.1 (see gazekit.app)",
                         description="Click a panel to steer the model toward it; pick K and the head condition; "
@@ -252,6 +288,80 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"port on 127.0.0.1 (default {steering_app.DEFAULT_PORT})")
     ap.add_argument("--no-browser", action="store_true", help="do not open a browser")
     return p
+
+
+SURVEY_STRIPS = 24
+SURVEY_DISCOVERY_SEED = 100  # the organism's discovery split
+
+
+def _survey_strips_spec(spec: str, flag: str) -> str:
+    """A bare number N means synthetic:N:100 (the organism's discovery split); anything else is a strips spec."""
+    spec = str(spec).strip()
+    if spec.isdigit():
+        if int(spec) < 1:
+            raise SystemExit(f"{flag} {spec}: give at least 1 strip")
+        return f"synthetic:{int(spec)}:{SURVEY_DISCOVERY_SEED}"
+    check_strips_spec(spec, flag)
+    return spec
+
+
+def _survey_k(value):
+    if value is None:
+        return None
+    try:
+        k = int(value)
+    except ValueError:
+        try:
+            k = float(value)
+        except ValueError:
+            raise SystemExit(f"--k {value!r}: use an integer >= 1 or a share of the heads in (0, 1), e.g. 0.1") \
+                from None
+        if not 0 < k < 1:
+            raise SystemExit(f"--k {value!r}: a share of the heads must lie in (0, 1), e.g. 0.1")
+        return k
+    if k < 1:
+        raise SystemExit(f"--k must be >= 1, got {k}")
+    return k
+
+
+def _run_survey(a) -> int:
+    """`python -m gazekit survey`: check everything, then `gazekit.survey` with a JSONL log at --out (models are
+    loaded one at a time, and not at all where the log already holds their result)."""
+    strips_spec = _survey_strips_spec(a.strips, "--strips")
+    eval_spec = _survey_strips_spec(a.eval_strips, "--eval-strips") if a.eval_strips else None
+    k = _survey_k(a.k)
+    for flag, v in (("--n-eval", a.n_eval), ("--max-new-tokens", a.max_new_tokens), ("--batch-size", a.batch_size),
+                    ("--control-seeds", a.control_seeds)):
+        if v is not None and v < 1:
+            raise SystemExit(f"{flag} must be >= 1, got {v}")
+    if getattr(a, "judge_model", None) and a.judge not in ("claude", "openai"):
+        raise SystemExit("--judge-model only applies to --judge claude or --judge openai")
+    out = Path(a.out)
+    if out.is_dir():
+        raise SystemExit(f"--out {out} is a folder; give the log's file name, e.g. {out / 'survey.jsonl'}")
+    strips = parse_strips(strips_spec)
+    evals = parse_strips(eval_spec) if eval_spec else None
+    if evals is None and len(strips) <= a.n_eval:
+        raise SystemExit(f"--strips {a.strips} gives {len(strips)} strips: too few to hold out --n-eval {a.n_eval} "
+                         f"for steering; give more (e.g. --strips {a.n_eval + 20}) or --eval-strips")
+    import gazekit
+    load_kwargs = {key: v for key, v in (("quantize", a.quantize), ("dtype", a.dtype), ("device_map", a.device_map))
+                   if v is not None}
+    report = gazekit.survey(list(a.models), strips, k=k, n_eval=a.n_eval, eval_strips=evals, judge=_judge_obj(a),
+                            max_new_tokens=a.max_new_tokens, seed=a.seed, control_seeds=a.control_seeds,
+                            progress=not a.no_progress, out=out, batch_size=a.batch_size, load_kwargs=load_kwargs)
+    json_path = report.save(out.with_suffix(".json"))
+    png = out.with_suffix(".png")
+    try:
+        import matplotlib.pyplot as plt
+        fig = report.plot()
+        fig.savefig(png, bbox_inches="tight", dpi=120)
+        plt.close(fig)
+    except Exception as e:  # noqa: BLE001 — a plotting problem must not lose the report
+        print(f"(plot skipped: {e})", file=sys.stderr)
+    print(report.to_markdown())
+    print("wrote " + ", ".join(str(p) for p in (out, json_path, png) if p.exists()))
+    return 0
 
 
 def _load_vlm(a):
@@ -408,6 +518,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return serve(model=a.model, heads=a.heads, discover_strips=a.discover_strips, seed=a.seed, k=a.k,
                      port=a.port, open_browser=not a.no_browser, quantize=a.quantize, dtype=a.dtype,
                      device_map=a.device_map)
+    if a.command == "survey":  # one JSONL file, not a run folder; loads its models itself, one at a time
+        return _run_survey(a)
     validate_args(a)
     out = Path(a.out or f"runs/{a.command}")
     out.mkdir(parents=True, exist_ok=True)

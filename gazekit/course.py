@@ -15,9 +15,8 @@ import numpy as np
 
 __all__ = ["check_panel_tokens", "check_panel_attention", "check_gaze_scores", "check_value_weighted",
            "check_nf4_roundtrip", "check_box_iou", "check_ranking", "check_staircase_break", "check_bias_row",
-           "check_mean_ablation",
-           "check_fair_control", "check_schedule", "check_schedule_from_captions", "check_ranking_agreement",
-           "check_box_lift", "EXERCISES"]
+           "check_mean_ablation", "check_fair_control", "check_schedule", "check_schedule_from_captions", "check_ranking_agreement",
+           "check_box_lift", "check_gaze_profile", "EXERCISES"]
 
 
 def _report(name: str, fn: Callable, cases, reference: Callable, same: Callable, hint: str) -> bool:
@@ -407,9 +406,49 @@ def check_box_iou(fn: Callable) -> bool:
                    "intersection; boxes that only touch share no pixels (width = x1 - x0, no +1)")
 
 
+
+# -- 08: comparing models of different sizes fairly ---------------------------------------------------------------
+def gaze_profile_reference(scores, k: int) -> tuple[float, float]:
+    """(share of all heads scoring >= 0.5, mean relative depth of the top-k heads): the two size-free numbers of a
+    survey row (`gazekit.survey`: ``score.share_ge`` and ``top_depth_mean``). Relative depth = layer / (L - 1), 0 for
+    the first layer and 1 for the last (0 when L = 1); the top k break ties by (layer, head), as
+    `GazeScores.ranking` does."""
+    g = np.asarray(scores, dtype=float)
+    L, H = g.shape
+    top = np.argsort(-g.ravel(), kind="stable")[:k]
+    return float((g >= 0.5).mean()), float(np.mean([(i // H) / max(L - 1, 1) for i in top]))
+
+
+def _profile_scores(seed: int, L: int, H: int, n_gaze: int) -> np.ndarray:
+    """Low scores everywhere, `n_gaze` high ones in the later layers, one head exactly at 0.5."""
+    rng = np.random.default_rng(seed)
+    g = rng.uniform(0, 0.3, size=(L, H))
+    layers = rng.integers(L // 2, L, size=n_gaze)
+    g[layers, rng.integers(0, H, size=n_gaze)] = rng.uniform(0.6, 0.99, size=n_gaze)
+    g[rng.integers(0, L), rng.integers(0, H)] = 0.5  # on the threshold: it counts
+    return g
+
+
+def check_gaze_profile(fn: Callable) -> bool:
+    """Exercise 08: `fn(scores [L, H], k) -> (share of heads >= 0.5, mean relative depth of the top-k heads)`."""
+    cases = [(_profile_scores(0, 3, 16, 8), 7),     # organism-sized: 3 layers x 16 heads
+             (_profile_scores(1, 28, 12, 20), 29),  # a 2B-sized model: 28 x 12 heads
+             (_profile_scores(2, 36, 32, 90), 100),  # Qwen3-VL-8B-sized: 36 x 32 heads, the paper's K = 100
+             (np.array([[0.5, 0.2, 0.9], [0.9, 0.1, 0.4]]), 1)]  # a tie at the top: the earlier layer first
+
+    def same(g, w):
+        return len(g) == 2 and all(np.isclose(float(a), b, atol=1e-9) for a, b in zip(g, w))
+
+    return _report("gaze profile", fn, cases, gaze_profile_reference, same,
+                   "compare models by shares, not counts: (scores >= 0.5).mean() (a head at exactly 0.5 counts); "
+                   "rank with np.argsort(-scores.ravel(), kind='stable'), head index i sits in layer i // H, and "
+                   "its relative depth is layer / (L - 1), so the last layer is 1")
+
+
 # notebook -> the checks its exercises use (docs/teaching.md lists them with the skills they train)
 EXERCISES = {"01": ["check_panel_tokens", "check_panel_attention"], "02": ["check_gaze_scores", "check_ranking"],
              "03": ["check_staircase_break", "check_value_weighted"],
              "04": ["check_bias_row", "check_fair_control", "check_mean_ablation"],
              "05": ["check_schedule", "check_schedule_from_captions"],
-             "06": ["check_ranking_agreement", "check_nf4_roundtrip"], "07": ["check_box_lift", "check_box_iou"]}
+             "06": ["check_ranking_agreement", "check_nf4_roundtrip"], "07": ["check_box_lift", "check_box_iou"],
+             "08": ["check_gaze_profile"]}

@@ -9,7 +9,8 @@ from gazekit.evaluate.protocols import (CONDITIONS, PRESETS, Results, Schedule, 
                                         k_sweep, mentions, narration, reference_spearman, vqa)
 from gazekit.evaluate.runlog import RunLog, in_shard, parse_shard, resume_key
 from gazekit.evaluate.stats import CI, bootstrap_ci, spearman
+from gazekit.evaluate.survey import SurveyReport, survey
 
-__all__ = ["ABLATION_CONDITIONS", "CI", "CONDITIONS", "PRESETS", "Results", "RunLog", "Schedule", "ablation",
-           "bootstrap_ci", "boxes", "default_k", "default_ks", "dynamic", "in_shard", "k_sweep", "mentions",
-           "narration", "parse_shard", "reference_spearman", "resume_key", "spearman", "vqa"]
+__all__ = ["ABLATION_CONDITIONS", "CI", "CONDITIONS", "PRESETS", "Results", "RunLog", "Schedule", "SurveyReport",
+           "ablation", "bootstrap_ci", "boxes", "default_k", "default_ks", "dynamic", "in_shard", "k_sweep", "mentions",
+           "narration", "parse_shard", "reference_spearman", "resume_key", "spearman", "survey", "vqa"]

@@ -121,3 +121,69 @@ def _plot_sweep(res, ax, chance):
     ax.legend(frameon=False, fontsize=8)
     sns.despine(ax=ax)
     return ax
+
+
+def plot_survey(report, fig=None):
+    """The figure of a `SurveyReport` (what `SurveyReport.plot` draws), one column of each panel per model:
+    (a) every head's gaze score (dots, jittered) with the 0.5 line, (b) the relative depth (layer / (layers - 1))
+    of the top-K heads, (c) VQA steering accuracy with 95% bootstrap CI error bars for unsteered, top-K gaze heads
+    and the size-matched random control, and the 1/6 chance line. fig: a Figure to draw into (default: a new one).
+    Returns the Figure."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="notebook")
+    rows = report.rows
+    n = max(len(rows), 1)
+    if fig is None:
+        fig = plt.figure(figsize=(max(11.0, 6.0 + 2.4 * n), 4.0))
+    ax_s, ax_d, ax_v = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1, 0.8, 1.2]})
+    labels = [r["model"] for r in rows]
+    pal = sns.color_palette("deep", 4)
+    rng = np.random.default_rng(0)  # jitter only: the same picture every time
+    for i, r in enumerate(rows):
+        s = np.asarray(r["scores"], dtype=float).ravel()
+        ax_s.scatter(i + rng.uniform(-0.25, 0.25, s.size), s, s=9, alpha=0.6, color=pal[0], lw=0)
+        q = r["score"]
+        ax_s.hlines([q["q50"]], i - 0.32, i + 0.32, color="black", lw=1.5)
+        depth = [h["relative_depth"] for h in r["top_heads"]]
+        ax_d.scatter(i + rng.uniform(-0.15, 0.15, len(depth)), depth, s=22, alpha=0.75, color=pal[1], lw=0)
+    ax_s.axhline(0.5, ls="--", color="gray", lw=1)
+    ax_s.set_xticks(range(len(rows)), labels, rotation=15, ha="right")
+    ax_s.set_xlim(-0.6, n - 0.4)
+    ax_s.set_ylim(-0.02, 1.02)
+    ax_s.set_ylabel("gaze score (mean diagonal)")
+    ax_s.set_title("(a) every head's gaze score\nbar: median, dashed: 0.5", fontsize=9)
+    ax_d.set_xticks(range(len(rows)), labels, rotation=15, ha="right")
+    ax_d.set_xlim(-0.6, n - 0.4)
+    ax_d.set_ylim(-0.05, 1.05)
+    ax_d.set_ylabel("relative depth\n(0 = first layer, 1 = last)")
+    ax_d.set_title("(b) where the\ntop-K heads sit", fontsize=9)
+    conds = ("unsteered", "top", "random")
+    names = ("unsteered", "top-K gaze heads", "random heads (size-matched)")
+    width = 0.8 / len(conds)
+    for j, (c, name) in enumerate(zip(conds, names)):
+        x, y, lo, hi = [], [], [], []
+        for i, r in enumerate(rows):
+            s = r.get("steering", {}).get(c)
+            if not s or s.get("accuracy") is None:
+                continue
+            x.append(i + (j - 1) * width)
+            y.append(s["accuracy"])
+            lo.append(s["accuracy"] - s["ci_low"])
+            hi.append(s["ci_high"] - s["accuracy"])
+        if x:
+            ax_v.bar(x, y, width=width, color=pal[[2, 0, 3][j]], label=name)
+            ax_v.errorbar(x, y, yerr=[lo, hi], fmt="none", ecolor="black", capsize=3, lw=1)
+    ax_v.axhline(CHANCE, ls="--", color="gray", lw=1, label="chance (1/6)")
+    ax_v.set_xticks(range(len(rows)), labels, rotation=15, ha="right")
+    ax_v.set_ylim(0, 1.1)
+    ax_v.set_ylabel("answers describing the target panel")
+    c = report.config
+    ax_v.set_title(f"(c) VQA steering: {c.get('n_eval')} strips x 6 targets\njudge: {c.get('judge')}, "
+                   "95% bootstrap CIs", fontsize=9)
+    ax_v.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    for ax in (ax_s, ax_d, ax_v):
+        sns.despine(ax=ax)
+    fig.tight_layout()
+    return fig

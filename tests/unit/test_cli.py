@@ -161,3 +161,66 @@ def test_output_folder_refuses_another_configuration(fake_cli, tmp_path):
     assert cli.main(base + ["--batch-size", "1"]) == 0  # not part of the configuration: same results
     assert cli.main(other + ["--force"]) == 0
     assert json.loads((out / cli.CONFIG_FILE).read_text())["strips"] == "synthetic:2:7"
+
+
+# -- issue 28: python -m gazekit survey ------------------------------------------------------------------------------
+@pytest.fixture
+def fake_survey(monkeypatch):
+    """The survey's seams faked: loading by name (FakeVLM), discovery (FakeVLM has no transformer), steering."""
+    import importlib
+    install_fake_steer(monkeypatch)
+    loaded = []
+
+    def load(name, kwargs):
+        loaded.append((name, kwargs))
+        vlm = FakeVLM()
+        vlm.name = f"fake:{name}"
+        return vlm
+
+    monkeypatch.setattr(importlib.import_module("gazekit.evaluate.survey"), "_load", load)
+    monkeypatch.setattr(importlib.import_module("gazekit.discover"), "discover",
+                        lambda vlm, strips, progress=True: fake_scores(vlm))
+    return loaded
+
+
+def test_survey_command_writes_the_report_and_resumes(fake_survey, tmp_path, capsys):
+    out = tmp_path / "survey.jsonl"
+    argv = ["survey", "--models", "organism", "other", "--strips", "5", "--n-eval", "1", "--judge", "exact",
+            "--dtype", "float32", "--out", str(out), "--no-progress"]
+    assert cli.main(argv) == 0
+    assert [n for n, _ in fake_survey] == ["organism", "other"] and fake_survey[0][1] == {"dtype": "float32"}
+    report = json.loads((tmp_path / "survey.json").read_text())
+    assert [m["model"] for m in report["models"]] == ["organism", "other"]
+    assert report["config"]["n_discovery"] == 4 and report["config"]["n_eval"] == 1  # the last strip held out
+    assert (tmp_path / "survey.png").exists() and out.exists()
+    printed = capsys.readouterr().out
+    assert "| organism | 32 | 4 |" in printed and "100.0% [100.0, 100.0]" in printed  # the fake's top-4 steer
+    fake_survey.clear()
+    assert cli.main(argv) == 0 and fake_survey == []  # resumed: no model even loaded
+    assert cli.main(argv[:-3] + ["--k", "0.25", "--out", str(out), "--no-progress"]) == 0
+    assert json.loads((tmp_path / "survey.json").read_text())["models"][0]["k"] == 8  # K as a share of 32 heads
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--strips", "synthetic:x:0"], r"N \(number of strips\) must be an integer"),
+    (["--strips", "0"], "at least 1 strip"),
+    (["--strips", "3", "--n-eval", "3"], "too few to hold out --n-eval 3"),
+    (["--eval-strips", "no/such/folder"], "--eval-strips 'no/such/folder' is not a folder"),
+    (["--k", "x"], "--k 'x': use an integer"),
+    (["--k", "1.5"], r"share of the heads must lie in \(0, 1\)"),
+    (["--n-eval", "0"], "--n-eval must be >= 1"),
+    (["--judge-model", "m"], "--judge-model only applies"),
+])
+def test_survey_command_validates_before_loading(fake_survey, tmp_path, argv, message):
+    with pytest.raises(SystemExit, match=message):
+        cli.main(["survey", "--out", str(tmp_path / "s.jsonl"), "--no-progress"] + argv)
+    assert fake_survey == [] and not (tmp_path / "s.jsonl").exists()
+
+
+def test_survey_command_is_listed_and_documented():
+    out = subprocess.run([sys.executable, "-m", "gazekit", "--help"], capture_output=True, text=True, timeout=120)
+    assert "survey" in out.stdout
+    sub = next(a for a in cli.build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
+    for action in sub.choices["survey"]._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help and len(action.help) > 10, f"survey {action.option_strings} lacks help"

@@ -277,6 +277,32 @@ def box_lift_inf(name, unsteered, steered):
     return base, rate, rate / base if base else float("inf")
 
 
+def gaze_profile(scores, k):
+    L, H = scores.shape
+    top = np.argsort(-scores.ravel(), kind="stable")[:k]
+    return float((scores >= 0.5).mean()), float(np.mean([(i // H) / (L - 1) for i in top]))
+
+
+def gaze_profile_count(scores, k):  # a count does not compare a 48-head model with a 1152-head one
+    return float((scores >= 0.5).sum()), gaze_profile(scores, k)[1]
+
+
+def gaze_profile_depth_over_l(scores, k):  # layer / L: the last layer never reaches 1
+    L, H = scores.shape
+    top = np.argsort(-scores.ravel(), kind="stable")[:k]
+    return gaze_profile(scores, k)[0], float(np.mean([(i // H) / L for i in top]))
+
+
+def gaze_profile_strict(scores, k):  # > 0.5 drops the head on the threshold
+    return float((scores > 0.5).mean()), gaze_profile(scores, k)[1]
+
+
+def gaze_profile_unstable_ties(scores, k):  # ties broken toward the later layer
+    L, H = scores.shape
+    top = sorted(range(scores.size), key=lambda i: (-scores.ravel()[i], -i))[:k]
+    return gaze_profile(scores, k)[0], float(np.mean([(i // H) / (L - 1) for i in top]))
+
+
 CHECKS = [
     (course.check_mean_ablation, mean_ablation, [mean_ablation_whole_sequence, mean_ablation_excluding_t]),
     (course.check_panel_attention, panel_attention, [panel_attention_renormalised, panel_attention_mean]),
@@ -293,6 +319,8 @@ CHECKS = [
     (course.check_schedule_from_captions, schedule_from_captions,
      [schedule_from_captions_exact_match, schedule_from_captions_zero_based]),
     (course.check_box_lift, box_lift, [box_lift_substring, box_lift_inf]),
+    (course.check_gaze_profile, gaze_profile, [gaze_profile_count, gaze_profile_depth_over_l, gaze_profile_strict,
+                                                gaze_profile_unstable_ties]),
     (course.check_ranking_agreement, ranking_agreement, [ranking_agreement_pearson, ranking_agreement_bottom_k]),
 ]
 IDS = [c[0].__name__ for c in CHECKS]
@@ -418,3 +446,15 @@ def test_mean_ablation_reference_is_what_ablate_writes():
     clean, ablated = (x[:, head * d:(head + 1) * d].numpy() for x in seen)
     assert not np.allclose(clean, ablated)
     assert np.allclose(course.mean_ablation_reference(clean), ablated, atol=1e-5)
+
+
+def test_gaze_profile_is_what_the_survey_reports():
+    """The exercise's reference equals gazekit.survey's share of heads >= 0.5 and top-K mean relative depth."""
+    from gazekit.discover import GazeScores
+    from gazekit.evaluate.survey import relative_depth, score_summary
+    for seed, (L, H, n, k) in enumerate([(3, 16, 8, 7), (28, 12, 20, 29), (5, 4, 3, 2)]):
+        g = course._profile_scores(seed, L, H, n)
+        share, depth = course.gaze_profile_reference(g, k)
+        top = GazeScores(matrix=None, scores=g).top(k)
+        assert share == score_summary(g)["share_ge"]
+        assert depth == pytest.approx(np.mean([relative_depth(h.layer, L) for h in top]), abs=1e-12)
