@@ -175,6 +175,8 @@ def _judge(p: argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `python -m gazekit` argument parser: one subcommand per job (tutorials, app, evaluate protocols, survey,
+    ...)."""
     p = argparse.ArgumentParser(prog="python -m gazekit", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -512,6 +514,11 @@ def remember_config(a, out: Path) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run `python -m gazekit` with `argv`; returns the process exit status.
+
+    Args:
+        argv: the command line without the program name (None: sys.argv[1:]).
+    """
     a = build_parser().parse_args(argv)
     if a.command == "app":  # serves a page; no run folder
         from gazekit.app import serve

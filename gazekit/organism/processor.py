@@ -73,6 +73,11 @@ def build_vocab() -> dict[str, int]:
 
 
 def build_tokenizer(vocab: dict[str, int] | None = None):
+    """The organism's word-level tokenizer: lower-cased words, punctuation split off, unknown words -> <unk>.
+
+    Args:
+        vocab: word -> id (None: `build_vocab()`, the organism's 66-word vocabulary plus special tokens).
+    """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
     vocab = build_vocab() if vocab is None else vocab
@@ -105,10 +110,12 @@ class ComicTileProcessor:
 
     @property
     def tokens_per_tile(self) -> int:
+        """Image tokens per panel tile: (tile_size / patch_size) squared."""
         return (self.tile_size // self.patch_size) ** 2
 
     @property
     def image_seq_length(self) -> int:
+        """Image tokens per strip: tiles x tokens per tile."""
         return self.n_tiles * self.tokens_per_tile
 
     # ------------------------------------------------------------------ text
@@ -153,6 +160,7 @@ class ComicTileProcessor:
         return out
 
     def decode(self, ids, skip_special_tokens: bool = True, **kwargs) -> str:
+        """Token ids -> text, words joined by single spaces (special tokens dropped unless skip_special_tokens=False)."""
         if isinstance(ids, torch.Tensor):
             ids = ids.tolist()
         ids = list(ids)
@@ -161,12 +169,14 @@ class ComicTileProcessor:
         return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens).strip()
 
     def batch_decode(self, ids, skip_special_tokens: bool = True, **kwargs) -> list[str]:
+        """`decode` for each row of a batch of token ids."""
         if isinstance(ids, torch.Tensor):
             ids = ids.tolist()
         return [self.decode(x, skip_special_tokens=skip_special_tokens) for x in ids]
 
     # ------------------------------------------------------------------ images
     def default_tile_boxes(self, image: Image.Image):
+        """The six equal-width panel boxes (x0, y0, x1, y1) of a strip image, in pixels, left to right."""
         W, H = image.size
         return [(W * i / self.n_tiles, 0.0, W * (i + 1) / self.n_tiles, float(H)) for i in range(self.n_tiles)]
 
@@ -227,11 +237,13 @@ class ComicTileProcessor:
 
     # ------------------------------------------------------------------ files
     def to_dict(self) -> dict:
+        """The processor's settings as saved in its JSON config (tiles, sizes, normalisation, image token)."""
         return {"processor_class": type(self).__name__, "n_tiles": self.n_tiles, "tile_size": self.tile_size,
                 "patch_size": self.patch_size, "image_mean": self.image_mean, "image_std": self.image_std,
                 "image_token": self.image_token, "resample": "PIL.Image.BOX"}
 
     def save_pretrained(self, save_directory: str, **kwargs):
+        """Write the tokenizer and the processor's JSON config to `save_directory` (Hugging Face layout)."""
         os.makedirs(save_directory, exist_ok=True)
         self.tokenizer.save_pretrained(save_directory)
         with open(os.path.join(save_directory, PROCESSOR_CONFIG), "w") as f:
@@ -240,6 +252,7 @@ class ComicTileProcessor:
 
     @classmethod
     def from_pretrained(cls, directory: str, **kwargs) -> "ComicTileProcessor":
+        """Read a processor written by `save_pretrained` from `directory`; a clear error when its config is missing."""
         from transformers import PreTrainedTokenizerFast
         path = os.path.join(directory, PROCESSOR_CONFIG)
         if not os.path.exists(path):

@@ -24,6 +24,7 @@ DEFAULT_MIX = {"panel": 0.40, "main": 0.15, "narr": 0.15, "all": 0.15, "single":
 
 
 def panel_by_panel_answer(captions) -> str:
+    """The gold panel-by-panel answer: the six captions joined by " . "."""
     return " . ".join(captions)
 
 
@@ -41,6 +42,7 @@ def default_answer(task: str, captions, main_panel: int, k: int | None = None) -
 
 
 def question(task: str, k: int | None = None) -> str:
+    """The prompt of a training task ("panel" needs the 1-based panel `k`)."""
     return {"panel": lambda: panel_question(k), "main": lambda: VQA_QUESTION, "narr": lambda: NARRATION_PROMPT,
             "all": lambda: PANEL_BY_PANEL_PROMPT, "single": lambda: SINGLE_PANEL_PROMPT}[task]()
 
@@ -77,6 +79,7 @@ class ExampleMaker:
 
 
 def sample_task(rng: np.random.Generator, mix: dict) -> str:
+    """Draw a task name from `mix` (name -> weight; weights need not sum to 1)."""
     names = list(mix)
     p = np.array([mix[n] for n in names], dtype=float)
     return names[int(rng.choice(len(names), p=p / p.sum()))]

@@ -112,6 +112,7 @@ def train(out: str, steps: int | None = None, threads: int | None = None, seed: 
 
 
 def main(argv=None):
+    """Command line: `python -m gazekit.organism.train [--out DIR] [--steps N] ...`; trains and writes the weights."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/organism", help="output folder (default runs/organism)")
     ap.add_argument("--steps", type=int, default=None, help=f"optimiser steps (recipe: {RECIPE['steps']})")
