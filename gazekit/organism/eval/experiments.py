@@ -181,6 +181,27 @@ def collect():
     with open(os.path.join(HERE, "survey_extra.json"), "w") as f:
         json.dump(out, f, indent=1)
     print(f"{len(out)} models -> {os.path.join(HERE, 'survey_extra.json')}")
+    groups = {"frozen_encoder.json": (FROZEN_NOTE, lambda n: n.startswith(("plain-", "frozen-"))),
+              "qwen_attempts.json": (QWEN_NOTE, lambda n: n.startswith("qwen-"))}
+    for fn, (note, pick) in groups.items():
+        runs = {n: r for n, r in out.items() if pick(n)}
+        if runs:
+            with open(os.path.join(HERE, fn), "w") as f:
+                json.dump({"experiment": note, "runs": runs}, f, indent=1)
+            print(f"{len(runs)} runs -> {fn}")
+
+
+FROZEN_NOTE = (
+    "Frozen-encoder question on the LLaVA-class organism: the shipped recipe (seed 0, batch 32, lr 3e-3, cosine over "
+    "the run's steps, one CPU thread) with the CLIP vision tower frozen (at its seeded random init, or copied from "
+    "another organism) so that only the projector and the language model train, against a same-steps control with "
+    "nothing frozen. Held-out splits of gazekit.organism.evaluate; exact caption judge; 95% bootstrap CIs. Each "
+    "run's 'command' reproduces it (train + measure).")
+QWEN_NOTE = (
+    "Attempts at a Qwen2-VL-class organism (Qwen2VLForConditionalGeneration, the strip as ONE image, 24 merged "
+    "image tokens): each a short run of the recipe with one change, measured quickly (per-panel QA on 50 test "
+    "strips, discovery on 50 strips, VQA steering at K = 7 of 48 heads on 50 test strips) unless 'quick' is false. "
+    "Each run's 'command' reproduces it.")
 
 
 if __name__ == "__main__":
