@@ -407,11 +407,33 @@ def set_default_model(loader: Callable[..., "VLM"]) -> None:
     _default_model = loader
 
 
+# Models loadable by a short name (`gazekit.load("organism-qwen")`): installed by the package that ships them, as the
+# default model is, so this module knows no model by name.
+_named_models: dict[str, Callable[..., "VLM"]] = {}
+
+
+def register_model_name(name: str, loader: Callable[..., "VLM"]) -> None:
+    """Make `gazekit.load(name)` call `loader` (before any lookup of `name` as a folder or hub id).
+
+    Args:
+        name: the short name (e.g. "organism-qwen"); choose one that is no hub id ("owner/model").
+        loader: a function `loader(quantize=None | "4bit", dtype=None | str | torch.dtype) -> VLM`."""
+    if "/" in name:
+        raise ValueError(f"model names may not contain '/', which hub ids use: got {name!r}")
+    _named_models[name] = loader
+
+
+def model_names() -> list[str]:
+    """The short names `gazekit.load` accepts besides folders and hub ids, sorted."""
+    return sorted(_named_models)
+
+
 def load(model=None, processor=None, *, quantize: Optional[str] = None, device_map=None,
          dtype: Optional[Union[str, torch.dtype]] = None, trust_remote_code: bool = False) -> VLM:
     """Load a VLM for gaze-head work.
 
     - `load()` — the small comic model embedded in gazekit (seconds; on the GPU when CUDA is available, else the CPU).
+    - `load(name)` for a name in `model_names()` (e.g. "organism-qwen", the Qwen-class comic model) — that model.
     - `load("Qwen/Qwen2-VL-2B-Instruct")` or a local folder — `from_pretrained`; `dtype` defaults to bfloat16 on
       CUDA, float16 on Apple MPS, float32 on CPU; `quantize="4bit"` loads NF4 weights with bitsandbytes (the
       family's `full_precision_modules` — vision tower, projector, lm_head — kept in full precision);
@@ -419,7 +441,7 @@ def load(model=None, processor=None, *, quantize: Optional[str] = None, device_m
     - `load(model, processor)` — an already loaded Hugging Face model and its processor.
 
     Args:
-        model: None, a model id or folder, or a loaded Hugging Face model.
+        model: None, a registered name (`model_names()`), a model id or folder, or a loaded Hugging Face model.
         processor: the model's processor (required with a loaded model; optional with an id or folder, where
             `AutoProcessor` builds it).
         quantize: None, or "4bit" for NF4 weights (bitsandbytes).
@@ -438,6 +460,11 @@ def load(model=None, processor=None, *, quantize: Optional[str] = None, device_m
         if _default_model is None:  # pragma: no cover - gazekit's __init__ installs it
             raise RuntimeError("no default model is installed: pass a model id or folder, or (model, processor)")
         return _default_model(quantize=quantize, dtype=dtype)
+    if isinstance(model, str) and model in _named_models:
+        if processor is not None or device_map is not None or trust_remote_code:
+            raise ValueError(f"gazekit.load({model!r}) loads a built-in model with its own processor: pass only "
+                             "quantize= and dtype=")
+        return _named_models[model](quantize=quantize, dtype=dtype)
     if isinstance(model, (str, Path)):
         return _load_pretrained(str(model), processor, quantize, device_map, dtype, trust_remote_code)
     if processor is None:

@@ -96,10 +96,23 @@ def load_vlm(quantize: str | None = None, dtype=None):
                recommended_k=meta.get("recommended_k"), meta=meta)
 
 
-# registers the organism's adapter with gazekit's adapter registry, and makes the organism gazekit.load()'s default
-from gazekit.models.vlm import set_default_model  # noqa: E402
+def load_qwen_vlm(quantize: str | None = None, dtype=None):
+    """The Qwen-class organism (`gazekit.load("organism-qwen")`): see `gazekit.organism.qwen`.
+
+    Args:
+        quantize: None, or "4bit" (NF4 text model on the CPU).
+        dtype: None (float32), a torch dtype or its name."""
+    from gazekit.organism.qwen import load_qwen_vlm as _load
+    return _load(quantize=quantize, dtype=dtype)
+
+
+# registers the organism's adapter with gazekit's adapter registry, makes the organism gazekit.load()'s default and
+# the two organisms loadable by name
+from gazekit.models.vlm import register_model_name, set_default_model  # noqa: E402
 from gazekit.organism.adapter import OrganismAdapter  # noqa: E402
 
 set_default_model(load_vlm)
+register_model_name("organism", load_vlm)
+register_model_name("organism-qwen", load_qwen_vlm)
 
-__all__ = ["WEIGHTS_DIR", "OrganismAdapter", "load_organism", "load_meta", "load_vlm"]
+__all__ = ["WEIGHTS_DIR", "OrganismAdapter", "load_organism", "load_meta", "load_qwen_vlm", "load_vlm"]

@@ -241,12 +241,17 @@ def choose_k(vlm, scores, n_val=100, verbose=True) -> dict:
 
 
 def load_vlm(weights: Optional[str]):
-    """The organism as a `gazekit.VLM`: the shipped weights (weights=None) or an organism folder, with its stored
-    recommended_k."""
+    """The organism as a `gazekit.VLM`: the shipped weights (weights=None) or an organism folder (LLaVA- or
+    Qwen-class, told apart by its config's model_type), with its stored recommended_k."""
     import gazekit
     from gazekit.organism import load_meta, load_organism
     if weights is None:
         return gazekit.load()
+    with open(os.path.join(weights, "config.json")) as f:
+        model_type = json.load(f).get("model_type")
+    if model_type == "qwen2_vl":  # the Qwen-class organism (`gazekit.organism.qwen`)
+        from gazekit.organism.qwen import load_qwen_vlm
+        return load_qwen_vlm(path=weights)
     model, proc = load_organism(weights)
     vlm = gazekit.load(model, proc)
     vlm.recommended_k = load_meta(weights).get("recommended_k")

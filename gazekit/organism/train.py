@@ -1,6 +1,8 @@
 """Train the gazekit organism from scratch.
 
     python -m gazekit.organism.train [--out DIR] [--steps N] [--threads T] [--seed S] [--batch B]
+    python -m gazekit.organism.train --freeze-vision [--vision-init random|DIR] ...   # frozen-encoder experiment
+    python -m gazekit.organism.train --family qwen2_vl --out DIR ...                  # the Qwen-class organism
 
 Seeded and reproducible: one fixed thread count (default 1: on this project's busy 2-core machine, 1 thread was
 faster than 2), data from a seeded generator, weights initialised under `torch.manual_seed`. Saves with
@@ -20,6 +22,9 @@ RECIPE = {
 }
 
 
+FAMILIES = ("llava", "qwen2_vl")
+
+
 def _collate(examples, proc):
     import numpy as np
     import torch
@@ -33,23 +38,67 @@ def _collate(examples, proc):
         att[r, :len(s)] = 1
         lab[r, len(p):len(s)] = torch.tensor(a)
     pix = proc.normalize(np.concatenate([t for _, _, t in examples]))
-    return ids, att, lab, pix
+    return {"input_ids": ids, "attention_mask": att, "labels": lab, "pixel_values": pix}
+
+
+def _vision_tower(model):
+    inner = model.model
+    return inner.vision_tower if hasattr(inner, "vision_tower") else inner.visual
+
+
+def init_and_freeze_vision(model, vision_init: str = "random") -> dict:
+    """Freeze the organism's vision tower (the frozen-encoder experiment): only projector + language model train.
+
+    Args:
+        model: a freshly built organism (`build_model`).
+        vision_init: "random" (keep the tower at its seeded random initialisation) or a folder of organism weights
+            whose vision tower is copied in first (same tower architecture).
+
+    Returns:
+        a JSON-able note of what was done (recorded in training_info.json)."""
+    tower = _vision_tower(model)
+    if vision_init != "random":
+        from gazekit.organism import load_organism
+        src, _ = load_organism(vision_init)
+        try:
+            tower.load_state_dict(_vision_tower(src).state_dict())
+        except RuntimeError as e:
+            raise ValueError(f"the vision tower in {vision_init} does not fit this architecture ({e}); build the "
+                             "organism with the same v_* / patch settings as the weights it copies") from e
+    for p in tower.parameters():
+        p.requires_grad_(False)
+    tower.eval()  # no dropout in the CLIP tower, but a frozen part stays in eval mode whatever its config says
+    return {"frozen": "vision_tower", "vision_init": vision_init,
+            "frozen_params": sum(p.numel() for p in tower.parameters())}
 
 
 def train(out: str, steps: int | None = None, threads: int | None = None, seed: int | None = None,
           batch: int | None = None, arch: dict | None = None, mix: dict | None = None, progress: bool = True,
-          log_every: int = 100, device: str = "cpu") -> dict:
+          log_every: int = 100, device: str = "cpu", freeze_vision: bool = False,
+          vision_init: str = "random", family: str = "llava", max_pixels: int | None = None) -> dict:
     """Train and save an organism into `out`; returns the training info dict.
 
-    `device` other than "cpu" (e.g. "cuda") is for exploring variants quickly; the shipped weights are trained on
-    CPU with the recipe's thread count, where a rerun is bit-identical."""
+    Args:
+        out: output folder (created).
+        steps, threads, seed, batch: override the recipe's values (None: `RECIPE`'s).
+        arch: overrides of `DEFAULT_ARCH`; mix: task mix (default `DEFAULT_MIX`).
+        progress: show a progress bar; log_every: loss log interval (steps).
+        device: "cpu" (the shipped recipe, bit-identical reruns) or e.g. "cuda" for exploring variants quickly.
+        freeze_vision: train only the projector and the language model, the vision tower frozen (the paper's
+            frozen-encoder families: does a gaze circuit still form?).
+        vision_init: with `freeze_vision`, "random" (the tower's seeded random init) or a folder of organism
+            weights whose tower is copied in and frozen.
+        family: "llava" (the shipped organism: one tile per panel) or "qwen2_vl" (the Qwen-class organism: the
+            strip as one image, `gazekit.organism.qwen`).
+        max_pixels: qwen2_vl only: the processor's token budget (default `qwen.MAX_PIXELS`: 24 image tokens)."""
     import numpy as np
     import torch
     from tqdm.auto import tqdm
 
-    from gazekit.organism.model import DEFAULT_ARCH, build_model
-    from gazekit.organism.processor import ComicTileProcessor
-    from gazekit.organism.tasks import DEFAULT_MIX, ExampleMaker, sample_task
+    from gazekit.organism.tasks import DEFAULT_MIX, sample_task
+
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
 
     cfg = dict(RECIPE)
     for k, v in (("steps", steps), ("threads", threads), ("seed", seed), ("batch", batch)):
@@ -57,19 +106,39 @@ def train(out: str, steps: int | None = None, threads: int | None = None, seed: 
             cfg[k] = v
     if device != "cpu":
         cfg["device"] = device
-    cfg["arch"] = dict(DEFAULT_ARCH, **(arch or {}))
+    cfg["family"] = family
     cfg["mix"] = dict(mix or DEFAULT_MIX)
     torch.set_num_threads(cfg["threads"])
-    proc = ComicTileProcessor(patch_size=cfg["arch"]["patch"])
-    model = build_model(proc, cfg["arch"], seed=cfg["seed"]).to(device)
+    if family == "llava":
+        from gazekit.organism.model import DEFAULT_ARCH, build_model
+        from gazekit.organism.processor import ComicTileProcessor
+        from gazekit.organism.tasks import ExampleMaker
+        cfg["arch"] = dict(DEFAULT_ARCH, **(arch or {}))
+        proc = ComicTileProcessor(patch_size=cfg["arch"]["patch"])
+        model = build_model(proc, cfg["arch"], seed=cfg["seed"])
+        maker = ExampleMaker(proc, filler_max=cfg["filler_max"])
+        collate = _collate
+    else:
+        from gazekit.organism import qwen
+        cfg["arch"] = dict(qwen.DEFAULT_QWEN_ARCH, **(arch or {}))
+        cfg["max_pixels"] = int(max_pixels or qwen.MAX_PIXELS)
+        proc = qwen.QwenComicProcessor(max_pixels=cfg["max_pixels"])
+        model = qwen.build_qwen_model(proc, cfg["arch"], seed=cfg["seed"])
+        maker = qwen.QwenExampleMaker(proc, filler_max=cfg["filler_max"])
+        collate = qwen.qwen_collate
+    if vision_init != "random" and not freeze_vision:
+        raise ValueError("vision_init is only used with freeze_vision=True")
     model.train()
+    if freeze_vision:
+        cfg["freeze"] = init_and_freeze_vision(model, vision_init)
+    model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
     # training strips come from a seed sequence with its own spawn key, so they never coincide with
     # gazekit.comics.synthetic(n, seed) streams used for validation and test
     rng = np.random.default_rng(np.random.SeedSequence(cfg["seed"], spawn_key=(7,)))
-    maker = ExampleMaker(proc, filler_max=cfg["filler_max"])
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trainable if p.dim() >= 2]
+    no_decay = [p for p in trainable if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg["weight_decay"]},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg["lr"], betas=tuple(cfg["betas"]))
     S, W, f = cfg["steps"], cfg["warmup"], cfg["final_lr_frac"]
@@ -80,13 +149,12 @@ def train(out: str, steps: int | None = None, threads: int | None = None, seed: 
     for step in bar:
         td = time.time()
         exs = [maker(rng, sample_task(rng, cfg["mix"])) for _ in range(cfg["batch"])]
-        ids, att, lab, pix = _collate(exs, proc)
+        batch = collate(exs, proc)
         t_data += time.time() - td
-        loss = model(input_ids=ids.to(device), attention_mask=att.to(device), pixel_values=pix.to(device),
-                     labels=lab.to(device)).loss
+        loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+        torch.nn.utils.clip_grad_norm_(trainable, cfg["grad_clip"])
         opt.step()
         sched.step()
         if step % log_every == 0 or step == S - 1:
@@ -98,7 +166,8 @@ def train(out: str, steps: int | None = None, threads: int | None = None, seed: 
     os.makedirs(out, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     proc.save_pretrained(out)
-    info = {"recipe": cfg, "n_params": n_params, "train_seconds": round(seconds, 1),
+    info = {"recipe": cfg, "n_params": n_params, "n_trainable": sum(p.numel() for p in trainable),
+            "train_seconds": round(seconds, 1),
             "data_seconds": round(t_data, 1), "torch": torch.__version__,
             "transformers": __import__("transformers").__version__, "log": log}
     with open(os.path.join(out, "training_info.json"), "w") as fh:
@@ -106,8 +175,8 @@ def train(out: str, steps: int | None = None, threads: int | None = None, seed: 
     meta_path = os.path.join(out, "gazekit_meta.json")
     if not os.path.exists(meta_path):  # recommended_k is filled in by gazekit.organism.choose_k
         with open(meta_path, "w") as fh:
-            json.dump({"family": "organism", "default_task_panel": {"vqa": "main_panel (white frame)",
-                                                                    "narration": 1}}, fh, indent=1)
+            json.dump({"family": "organism" if family == "llava" else "organism-qwen (qwen2_vl)",
+                       "default_task_panel": {"vqa": "main_panel (white frame)", "narration": 1}}, fh, indent=1)
     return info
 
 
@@ -119,8 +188,19 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None, help=f"torch threads (recipe: {RECIPE['threads']})")
     ap.add_argument("--seed", type=int, default=None, help=f"seed (recipe: {RECIPE['seed']})")
     ap.add_argument("--batch", type=int, default=None, help=f"batch size (recipe: {RECIPE['batch']})")
+    ap.add_argument("--family", default="llava", choices=FAMILIES,
+                    help="llava: the shipped organism (one tile per panel); qwen2_vl: the Qwen-class organism "
+                         "(the strip as one image)")
+    ap.add_argument("--arch", default=None, help="JSON overrides of the family's default architecture")
+    ap.add_argument("--max-pixels", type=int, default=None, help="qwen2_vl: the processor's token budget")
+    ap.add_argument("--freeze-vision", action="store_true",
+                    help="train only projector + language model, the vision tower frozen (frozen-encoder experiment)")
+    ap.add_argument("--vision-init", default="random",
+                    help="with --freeze-vision: 'random' (default) or an organism folder whose tower is copied in")
     a = ap.parse_args(argv)
-    info = train(a.out, steps=a.steps, threads=a.threads, seed=a.seed, batch=a.batch)
+    info = train(a.out, steps=a.steps, threads=a.threads, seed=a.seed, batch=a.batch, freeze_vision=a.freeze_vision,
+                 vision_init=a.vision_init, family=a.family, max_pixels=a.max_pixels,
+                 arch=json.loads(a.arch) if a.arch else None)
     print(f"saved to {a.out}: {info['n_params']} params, {info['train_seconds']} s "
           f"(data {info['data_seconds']} s), final loss {info['log'][-1]['loss']}")
 

@@ -25,10 +25,13 @@ from gazekit import testing as tm
 torch.set_num_threads(1)
 
 ORGANISM = "gazekit-organism"
+# the Qwen-class organism with its TRAINED weights (gazekit.load("organism-qwen")): the contract on a model whose
+# attention is not random, through the ordinary qwen2_vl adapter (the strip as one image, M-RoPE, KV discovery)
+ORGANISM_QWEN = "organism-qwen"
 # Gemma 3 again with a 48-key sliding window on layer 0: the last prompt token sees only the last image rows there,
 # and the decode cache keeps fewer keys than the sequence (biases and captured rows must be right-aligned).
 GEMMA3_SLIDING = "gemma3-sliding48"
-CASES = list(tm.FAMILIES) + [GEMMA3_SLIDING, ORGANISM]
+CASES = list(tm.FAMILIES) + [GEMMA3_SLIDING, ORGANISM, ORGANISM_QWEN]
 QUESTION = panel_question(3)
 ORACLE_TOL = 1e-5
 REF_TOL = 1e-5
@@ -43,6 +46,10 @@ def build_case(family):
 
         processor = ComicTileProcessor()
         return build_model(processor, seed=0).eval(), processor
+    if family == ORGANISM_QWEN:
+        from gazekit.organism.qwen import load_qwen_organism
+
+        return load_qwen_organism()
     if family == GEMMA3_SLIDING:
         return tm.build("gemma3", sliding_window=48)
     return tm.build(family)
@@ -53,13 +60,23 @@ def organism_strip():
     return tm.make_strip(height=32)
 
 
+def strip_for(family):
+    """The strip a case is checked on: the Qwen organism gets a held-out strip of the data it was trained on."""
+    if family == ORGANISM:
+        return organism_strip()
+    if family == ORGANISM_QWEN:
+        from gazekit.comics import synthetic
+
+        return synthetic(1, seed=2000)[0]
+    return tm.make_strip()
+
+
 @pytest.fixture(scope="module", params=CASES)
 def case(request):
     family = request.param
     model, processor = build_case(family)
     vlm = gazekit.load(model, processor)
-    strip = organism_strip() if family == ORGANISM else tm.make_strip()
-    return family, vlm, strip
+    return family, vlm, strip_for(family)
 
 
 @pytest.fixture(scope="session")
@@ -534,12 +551,17 @@ def test_4bit_load_captures_and_steers(family, tmp_path, oracle_log):
         processor.save_pretrained(str(path))
         vlm = gazekit.load(*load_organism(str(path), quantize="4bit"))
         strip = organism_strip()
+    elif family == ORGANISM_QWEN:
+        from gazekit.organism.qwen import QWEN_WEIGHTS_DIR, load_qwen_organism
+
+        vlm = gazekit.load(*load_qwen_organism(QWEN_WEIGHTS_DIR, quantize="4bit"))
+        strip = strip_for(family)
     else:
         fam, kw = ("gemma3", {"sliding_window": 48}) if family == GEMMA3_SLIDING else (family, {})
         tm.save_fixture(fam, path, **kw)
         vlm = gazekit.load(str(path), tm.load_processor(fam, path), quantize="4bit")
         strip = tm.make_strip()
-    assert vlm.family == family.split("-sliding")[0]
+    assert vlm.family == ("qwen2_vl" if family == ORGANISM_QWEN else family.split("-sliding")[0])
     linears = [m for m in vlm.adapter.language_model().modules() if isinstance(m, torch.nn.Linear)]
     assert linears and all(isinstance(m, bnb.nn.Linear4bit) for m in linears)
     # the adapter's full-precision modules (vision tower, projector, lm_head) are left as they were
