@@ -407,8 +407,8 @@ def set_default_model(loader: Callable[..., "VLM"]) -> None:
     _default_model = loader
 
 
-# Models loadable by a short name (`gazekit.load("organism-qwen")`): installed by the package that ships them, as the
-# default model is, so this module knows no model by name.
+# Models loadable by a short name (e.g. a comic model shipped inside gazekit): installed by the package that ships
+# them, as the default model is, so this module knows no model by name.
 _named_models: dict[str, Callable[..., "VLM"]] = {}
 
 
@@ -416,7 +416,7 @@ def register_model_name(name: str, loader: Callable[..., "VLM"]) -> None:
     """Make `gazekit.load(name)` call `loader` (before any lookup of `name` as a folder or hub id).
 
     Args:
-        name: the short name (e.g. "organism-qwen"); choose one that is no hub id ("owner/model").
+        name: the short name (e.g. "my-comic-model"); choose one that is no hub id ("owner/model").
         loader: a function `loader(quantize=None | "4bit", dtype=None | str | torch.dtype) -> VLM`."""
     if "/" in name:
         raise ValueError(f"model names may not contain '/', which hub ids use: got {name!r}")
@@ -433,7 +433,7 @@ def load(model=None, processor=None, *, quantize: Optional[str] = None, device_m
     """Load a VLM for gaze-head work.
 
     - `load()` — the small comic model embedded in gazekit (seconds; on the GPU when CUDA is available, else the CPU).
-    - `load(name)` for a name in `model_names()` (e.g. "organism-qwen", the Qwen-class comic model) — that model.
+    - `load(name)` for a name in `model_names()` (the models gazekit ships inside the package) — that model.
     - `load("Qwen/Qwen2-VL-2B-Instruct")` or a local folder — `from_pretrained`; `dtype` defaults to bfloat16 on
       CUDA, float16 on Apple MPS, float32 on CPU; `quantize="4bit"` loads NF4 weights with bitsandbytes (the
       family's `full_precision_modules` — vision tower, projector, lm_head — kept in full precision);
