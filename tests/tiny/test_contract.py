@@ -71,6 +71,33 @@ def strip_for(family):
     return tm.make_strip()
 
 
+def other_strip_for(family):
+    """A second strip with the same token layout as `strip_for(family)` (batches need one length)."""
+    if family == ORGANISM_QWEN:
+        from gazekit.comics import synthetic
+
+        return synthetic(1, seed=2001)[0]
+    return tm.make_strip(height=strip_for(family).image.size[1], seed=7)
+
+
+def assert_real_signal(family, panel_mass):
+    """The oracle comparison is not between near-zero numbers. Random weights spread attention, so every head puts
+    some mass on the image; the trained Qwen organism has heads that ignore the image (2e-9) and gaze heads that put
+    nearly all of it on one panel."""
+    per_head = panel_mass.sum(-1)
+    if family == ORGANISM_QWEN:
+        assert per_head.max() > 0.5 and (per_head > 0.01).mean() > 0.25
+    else:
+        assert per_head.min() > 0.01
+
+
+def logit_tol(reference_logits) -> float:
+    """REF_TOL, relative to the logits' scale when they exceed 1: sdpa and the eager mask edit round differently in
+    float32, by about machine epsilon times the values' size. Random-weight models have logits below 1 (REF_TOL
+    itself); the trained Qwen organism's reach 16 (1e-5 is ~10 float32 ulps there)."""
+    return REF_TOL * max(1.0, float(reference_logits.abs().max()))
+
+
 @pytest.fixture(scope="module", params=CASES)
 def case(request):
     family = request.param
@@ -255,7 +282,7 @@ def test_capture_equals_output_attentions_oracle(case, oracle_log):
         diff = np.abs(got - want).max()
         _note(oracle_log, family, diff)
         assert diff < ORACLE_TOL, f"{family}: capture differs from the oracle by {diff:.2e}"
-        assert want.sum(-1).min() > 0.01  # a real signal: every head puts some mass on the image
+        assert_real_signal(family, want)
 
 
 def test_null_steering_is_identity(case):
@@ -332,7 +359,7 @@ def test_sdpa_steering_equals_eager_mask_edit(case, mode, oracle_log):
             set_text_attn(vlm.model, before)
         d = (logits - ref_logits).abs().max().item()
         _note(oracle_log, f"{family}/steer_vs_eager_mask_edit", d)
-        tol = REF_TOL  # also for sliding-window layers: the row shift only uses keys the layer's mask shows
+        tol = logit_tol(ref_logits)  # also for sliding-window layers: the row shift only uses keys the mask shows
         assert d <= tol, f"{family} {mode} {impl}: prefill logits differ from the mask-edit reference by {d:.2e}"
         assert torch.equal(gen.sequences, ref_gen.sequences)
         for a, b in zip(gen.logits, ref_gen.logits):
@@ -348,7 +375,7 @@ def test_row_targets_equal_one_steer_per_row(case, phase):
     from gazekit.steer import RowTargets
 
     family, vlm, strip = case
-    other = tm.make_strip(height=strip.image.size[1], seed=7)
+    other = other_strip_for(family)
     items, targets = [strip, strip, other, other], [2, 5, 2, 6]
     heads = [(0, 1), (vlm.n_layers - 1, 2), (vlm.n_layers - 1, 0)]
     gen = dict(max_new_tokens=3, min_new_tokens=3, output_logits=True, return_dict_in_generate=True)
@@ -473,7 +500,7 @@ def test_every_discovery_mode_equals_naive(case, mode):
     got = strip_matrix_fast(vlm, strip, questions, mode=mode)
     want = strip_matrix(vlm, strip, questions)
     assert np.abs(got - want).max() <= 1e-5
-    assert want.sum(-1).min() > 0.01  # every head puts some mass on the image: not an all-zero comparison
+    assert_real_signal(family, want)
 
 
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl", ORGANISM])
