@@ -117,6 +117,7 @@ def _short(res: dict) -> str:
 
 
 def main(argv=None):
+    """Command line: `run NAME` (train + measure), `measure NAME --weights DIR`, or `collect` (results -> JSON)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("cmd", choices=("run", "measure", "collect"))
     ap.add_argument("name", nargs="?")
