@@ -92,6 +92,25 @@ def build_tokenizer(vocab: dict[str, int] | None = None):
     return tok
 
 
+def read_saved_processor(directory: str, config_name: str, class_name: str):
+    """(config dict, tokenizer) of an organism processor saved in `directory` (local files only), the tokenizer
+    padding on the left as batched generation needs.
+
+    Args:
+        directory: the folder.
+        config_name: the processor's JSON file in it.
+        class_name: the processor class (named in the error when the JSON file is missing)."""
+    from transformers import PreTrainedTokenizerFast
+    path = os.path.join(directory, config_name)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: this folder was not saved by {class_name}.save_pretrained")
+    with open(path) as f:
+        cfg = json.load(f)
+    tok = PreTrainedTokenizerFast.from_pretrained(directory)
+    tok.padding_side = "left"
+    return cfg, tok
+
+
 class ComicTileProcessor:
     """Tokenizer + tiling image processor of the gazekit organism (see the module docstring for the contract)."""
 
@@ -253,14 +272,7 @@ class ComicTileProcessor:
     @classmethod
     def from_pretrained(cls, directory: str, **kwargs) -> "ComicTileProcessor":
         """Read a processor written by `save_pretrained` from `directory`; a clear error when its config is missing."""
-        from transformers import PreTrainedTokenizerFast
-        path = os.path.join(directory, PROCESSOR_CONFIG)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{path} not found: this folder was not saved by ComicTileProcessor.save_pretrained")
-        with open(path) as f:
-            cfg = json.load(f)
-        tok = PreTrainedTokenizerFast.from_pretrained(directory)
-        tok.padding_side = "left"
+        cfg, tok = read_saved_processor(directory, PROCESSOR_CONFIG, cls.__name__)
         return cls(tok, n_tiles=cfg["n_tiles"], tile_size=cfg["tile_size"], patch_size=cfg["patch_size"],
                    image_mean=cfg["image_mean"], image_std=cfg["image_std"])
 

@@ -180,14 +180,8 @@ class QwenComicProcessor(without_video_processor(__import__("transformers").Qwen
 
         Args:
             directory: the folder."""
-        from transformers import PreTrainedTokenizerFast
-        path = os.path.join(directory, PROCESSOR_CONFIG)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{path} not found: this folder was not saved by QwenComicProcessor.save_pretrained")
-        with open(path) as f:
-            cfg = json.load(f)
-        tok = PreTrainedTokenizerFast.from_pretrained(directory)
-        tok.padding_side = "left"
+        from gazekit.organism.processor import read_saved_processor
+        cfg, tok = read_saved_processor(directory, PROCESSOR_CONFIG, cls.__name__)
         return cls(tokenizer=tok, chat_template=cfg["chat_template"], max_pixels=cfg["max_pixels"],
                    min_pixels=cfg["min_pixels"])
 
@@ -355,50 +349,26 @@ def load_qwen_organism(path: str | None = None, quantize: str | None = None):
 
     Raises:
         FileNotFoundError: no weights in `path`; the message says how to train them."""
-    from transformers import AutoConfig, Qwen2VLForConditionalGeneration
-    if quantize not in (None, "4bit"):
-        raise ValueError(f"quantize must be None or '4bit', got {quantize!r}")
-    path = path or QWEN_WEIGHTS_DIR
-    if not os.path.exists(os.path.join(path, "model.safetensors")):
-        raise FileNotFoundError(f"no Qwen organism weights in {path}; train them with "
-                                "`python -m gazekit.organism.train --family qwen2_vl --out DIR` and pass that DIR")
-    processor = QwenComicProcessor.from_pretrained(path)
-    kwargs = {}
-    if quantize == "4bit":
-        from gazekit.models.adapters import adapter_class_for
-        from gazekit.models.vlm import four_bit_config
-        adapter_cls = adapter_class_for(AutoConfig.from_pretrained(path, local_files_only=True), processor)
-        kwargs = dict(quantization_config=four_bit_config(adapter_cls, torch.float32), device_map="cpu")
-    model = Qwen2VLForConditionalGeneration.from_pretrained(path, local_files_only=True, use_safetensors=True,
-                                                            **kwargs)
-    model.set_attn_implementation("sdpa")
-    return model.eval(), processor
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from gazekit.organism import load_weights
+    return load_weights(path or QWEN_WEIGHTS_DIR, quantize, Qwen2VLForConditionalGeneration, QwenComicProcessor,
+                        "sdpa", "python -m gazekit.organism.train --family qwen2_vl --out DIR")
 
 
 def load_qwen_vlm(quantize: str | None = None, dtype=None, path: str | None = None):
-    """The shipped Qwen-class organism as a gazekit `VLM` (`gazekit.load("organism-qwen")`), with its metadata.
+    """The shipped Qwen-class organism as a gazekit `VLM` (`gazekit.load("organism-qwen")`), with its metadata;
+    its adapter is gazekit's ordinary qwen2_vl one.
 
     Args:
         quantize: None, or "4bit" (NF4 text model on the CPU).
         dtype: None (float32), a torch dtype or its name.
         path: a folder of Qwen organism weights (default: the shipped ones)."""
-    from transformers.utils import logging as hf_logging
-
     from gazekit.models.adapters import adapter_class_for
-    from gazekit.models.vlm import VLM, resolve_dtype
-    from gazekit.organism import load_meta
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        model, processor = load_qwen_organism(path, quantize=quantize)
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
-    if dtype is not None:
-        model.to(resolve_dtype(dtype, torch.device("cpu")))
-    if not quantize and torch.cuda.is_available():
-        model.to("cuda")
-    meta = load_meta(path or QWEN_WEIGHTS_DIR)
-    adapter = adapter_class_for(model.config, processor)(model, processor)
-    return VLM(model.eval(), processor, adapter, name="gazekit/comic-organism-qwen",
-               recommended_k=meta.get("recommended_k"), meta=meta)
+    from gazekit.organism import as_vlm
+
+    def qwen2_vl_adapter(model, processor):
+        return adapter_class_for(model.config, processor)(model, processor)
+
+    return as_vlm(load_qwen_organism, path or QWEN_WEIGHTS_DIR, quantize, dtype, qwen2_vl_adapter,
+                  "gazekit/comic-organism-qwen")
