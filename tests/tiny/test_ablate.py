@@ -14,6 +14,7 @@ import torch
 
 import gazekit
 from gazekit import testing as tm
+from gazekit.testing import set_text_attn, text_attn
 from gazekit.regions import panel_question
 
 torch.set_num_threads(1)
@@ -28,17 +29,6 @@ NEW_TOKENS = 3
 def case(request):
     model, processor = tm.build(request.param)
     return request.param, gazekit.load(model, processor), tm.make_strip()
-
-
-def set_text_attn(model, name):
-    if model.config.get_text_config() is model.config:
-        model.set_attn_implementation(name)
-    else:
-        model.set_attn_implementation({"text_config": name})
-
-
-def text_attn(model):
-    return model.config.get_text_config()._attn_implementation
 
 
 def heads_of(vlm):
@@ -225,31 +215,19 @@ def test_discovery_under_ablation_equals_naive_in_every_mode(case, how):
     assert np.abs(want - plain)[1:].max() > 1e-4  # the ablation changed what later layers attend to
 
 
-def _snapshot(model):
-    return {"state": {k: v.detach().clone() for k, v in model.state_dict().items()}, "impl": text_attn(model),
-            "hooks": [(n, len(m._forward_pre_hooks), len(m._forward_hooks)) for n, m in model.named_modules()]}
-
-
-def _assert_restored(model, snap):
-    state = model.state_dict()
-    assert all(torch.equal(state[k], v) for k, v in snap["state"].items())
-    assert text_attn(model) == snap["impl"]
-    assert [(n, len(m._forward_pre_hooks), len(m._forward_hooks)) for n, m in model.named_modules()] == snap["hooks"]
-
-
 def test_exception_inside_ablate_restores_model(case):
     family, vlm, strip = case
     model = vlm.model
     prep = vlm.prepare(strip, QUESTION)
     with torch.no_grad():
         ref = model(**prep).logits
-    snap = _snapshot(model)
+    snap = tm.model_snapshot(model)
     for how in ("zero", "mean", "uniform"):
         with pytest.raises(RuntimeError, match="boom"):
             with gazekit.ablate(vlm, heads_of(vlm), how=how):
                 vlm.ask(strip, QUESTION, max_new_tokens=2)
                 raise RuntimeError("boom")
-        _assert_restored(model, snap)
+        tm.assert_restored(model, snap)
 
     def explode(module, args, kwargs):
         raise RuntimeError("boom in forward")
@@ -262,7 +240,7 @@ def test_exception_inside_ablate_restores_model(case):
                 vlm.ask(strip, QUESTION, max_new_tokens=2)  # fails mid-forward, inside nested blocks
             finally:
                 h.remove()
-    _assert_restored(model, snap)
+    tm.assert_restored(model, snap)
     assert vlm.interventions == ()
     with torch.no_grad():
         assert torch.equal(model(**vlm.prepare(strip, QUESTION)).logits, ref)

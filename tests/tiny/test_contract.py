@@ -21,6 +21,7 @@ import gazekit
 from gazekit.models.adapters import supported_families
 from gazekit.regions import panel_question
 from gazekit import testing as tm
+from gazekit.testing import set_text_attn, text_attn
 
 torch.set_num_threads(1)
 
@@ -121,18 +122,6 @@ def oracle_log(tmp_path_factory):
 
 def _note(log, key, value):
     log[key] = max(float(value), log.get(key, 0.0))
-
-
-def set_text_attn(model, name):
-    text = model.config.get_text_config()
-    if text is model.config:
-        model.set_attn_implementation(name)
-    else:
-        model.set_attn_implementation({"text_config": name})
-
-
-def text_attn(model):
-    return model.config.get_text_config()._attn_implementation
 
 
 # ------------------------------------------------------------------------------------------------ oracles
@@ -424,23 +413,6 @@ def test_schedule_and_callable_switch_on_time(case):
     assert traj.attention[1, 0, 2] / traj.attention[1, 0].sum() >= 0.99
 
 
-def _snapshot(model):
-    return {
-        "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
-        "impl": (text_attn(model), getattr(getattr(model.config, "vision_config", None), "_attn_implementation", None)),
-        "hooks": [(n, len(m._forward_pre_hooks), len(m._forward_hooks)) for n, m in model.named_modules()],
-    }
-
-
-def _assert_restored(model, snap):
-    state = model.state_dict()
-    assert state.keys() == snap["state"].keys()
-    assert all(torch.equal(state[k], v) for k, v in snap["state"].items())
-    assert (text_attn(model), getattr(getattr(model.config, "vision_config", None), "_attn_implementation",
-                                      None)) == snap["impl"]
-    assert [(n, len(m._forward_pre_hooks), len(m._forward_hooks)) for n, m in model.named_modules()] == snap["hooks"]
-
-
 def test_exception_inside_steer_and_capture_restores_model(case):
     from gazekit import attention
 
@@ -449,13 +421,13 @@ def test_exception_inside_steer_and_capture_restores_model(case):
     prep = vlm.prepare(strip, QUESTION)
     with torch.no_grad():
         ref = model(**prep).logits
-    snap = _snapshot(model)
+    snap = tm.model_snapshot(model)
 
     with pytest.raises(RuntimeError, match="boom"):
         with gazekit.steer(vlm, [(0, 0), (1, 3)], target=2):
             vlm.ask(strip, QUESTION, max_new_tokens=2)
             raise RuntimeError("boom")
-    _assert_restored(model, snap)
+    tm.assert_restored(model, snap)
 
     def explode(module, args, kwargs):
         raise RuntimeError("boom in forward")
@@ -468,7 +440,7 @@ def test_exception_inside_steer_and_capture_restores_model(case):
                 gazekit.capture(vlm, strip, QUESTION)  # nested: capture inside steer, failing mid-forward
             finally:
                 h.remove()
-    _assert_restored(model, snap)
+    tm.assert_restored(model, snap)
     assert not any(s.vlm is vlm for s in attention._SESSIONS.values())
     assert vlm._session is None
     with torch.no_grad():

@@ -18,9 +18,8 @@ QUESTION = panel_question(2)
 
 
 @pytest.fixture(scope="module")
-def vlm():
-    model, processor = tm.build("qwen2_vl")
-    return gazekit.load(model, processor)
+def vlm(qwen):
+    return qwen  # conftest's tiny Qwen2-VL, built once for this module
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +158,7 @@ def test_intervene_nests_and_restores_on_exceptions(vlm, strip):
     prep = vlm.prepare(strip, QUESTION)
     with torch.no_grad():
         ref = model(**prep).logits
-    hooks = [(len(m._forward_pre_hooks), len(m._forward_hooks)) for m in model.modules()]
+    snap = tm.model_snapshot(model)
     outer, inner = LastRow(), LastRow()
     with pytest.raises(RuntimeError, match="boom"):
         with gazekit.intervene(vlm, outer):
@@ -170,7 +169,7 @@ def test_intervene_nests_and_restores_on_exceptions(vlm, strip):
     assert outer.rows and inner.rows
     assert vlm.interventions == ()
     assert model.config.get_text_config()._attn_implementation == "sdpa"
-    assert [(len(m._forward_pre_hooks), len(m._forward_hooks)) for m in model.modules()] == hooks
+    tm.assert_restored(model, snap)
     with torch.no_grad():
         assert torch.equal(model(**prep).logits, ref)
     assert np.isfinite(ref.numpy()).all()
